@@ -1,0 +1,1 @@
+"""One module per `mme` subcommand that belongs to the server side."""

@@ -1,0 +1,100 @@
+"""Shared fixtures: real parts only — small XGBoost models trained here, moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import xgboost as xgb
+
+N_FEATURES = 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def train_booster(seed: int = 0, rounds: int = 5, n_features: int = N_FEATURES, **params) -> xgb.Booster:
+    """A small regression model whose predictions differ by seed, so mixed-up models are caught."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((200, n_features), dtype=np.float32)
+    y = x @ np.arange(1, n_features + 1) * (seed + 1) * 1000
+    params = {"max_depth": 3, "eta": 0.3, "nthread": 1, **params}
+    return xgb.train(params, xgb.DMatrix(x, label=y), rounds)
+
+
+@pytest.fixture(scope="session")
+def make_model_dir(tmp_path_factory) -> Callable[..., Path]:
+    """make_model_dir(seed) -> a folder holding `xgboost-model`, as SageMaker unpacks an artifact."""
+    root = tmp_path_factory.mktemp("models")
+
+    def make(seed: int = 0, name: str | None = None, **params) -> Path:
+        folder = root / (name or f"model-{seed}")
+        if not (folder / "xgboost-model").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            train_booster(seed, **params).save_model(str(folder / "xgboost-model.json"))
+            (folder / "xgboost-model.json").rename(folder / "xgboost-model")
+        return folder
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's standalone server on 127.0.0.1, one per test session."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_env() -> None:
+    # Fake credentials so boto3 never looks for real ones; every client in tests names a loopback endpoint.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture
+def s3(moto_endpoint: str):
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3, request) -> str:
+    """A fresh bucket per test, so tests never see each other's objects."""
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    name = name.strip("-") + f"-{os.getpid() % 10000}-{time.monotonic_ns() % 100000}"
+    s3.create_bucket(Bucket=name)
+    return name

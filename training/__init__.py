@@ -1,0 +1,1 @@
+"""Per-location XGBoost house-price models, trained and packed as SageMaker artifacts."""
