@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,3 +99,61 @@ def bucket(s3, request) -> str:
     name = name.strip("-") + f"-{os.getpid() % 10000}-{time.monotonic_ns() % 100000}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+class ServerProcess:
+    """`mme serve` as a real subprocess on 127.0.0.1, exactly as a user starts it."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})}
+        # A file, not a pipe: a chatty server must never block on a full pipe nobody reads.
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serve.cli", "serve", "--host", "127.0.0.1", *args],
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_for_port(self.port)
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
+            if httpx.get(self.url + "/ping").status_code == 200:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("server never became ready")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> str:
+        """Stop with SIGTERM, as SageMaker does; returns everything the server printed."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=60)
+        return self.output()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> ServerProcess:
+        server = ServerProcess(list(args), env, wait_ready)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,271 @@
+"""Routes: SageMaker's multi-model container contract and single-model /invocations, over raw ASGI.
+
+No model logic lives here: a route parses the request, asks the cache for a model and hands the
+body to the model's handler. Errors from either come back as JSON bodies that name the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from handler.errors import HandlerError
+from handler.model import Context, LoadedModel, load_model
+from serve.cache import CacheError, Entry, Loaded, ModelCache
+from serve.config import ServerConfig
+from serve.http import HTTPError, Receive, Request, Response, Scope, Send, error_response, json_response
+
+log = logging.getLogger("mme")
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+TARGET_MODEL = "x-amzn-sagemaker-target-model"
+# Bodies up to this size are predicted on the event loop: a thread hop costs more than the work.
+INLINE_BODY_LIMIT = 64 * 1024
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Loaded Boosters take about this much more memory than their files (see handler.model).
+ESTIMATE_FACTOR = 1.5
+SINGLE_MODEL_NAME = "model"
+
+
+def _artifact_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _page_token(after: str) -> str:
+    return base64.urlsafe_b64encode(b"mme1:" + after.encode()).decode()
+
+
+def _page_after(token: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+    except ValueError:
+        raw = b""
+    if not raw.startswith(b"mme1:"):
+        raise HTTPError(400, f"next_page_token {token!r} is not a token this server issued")
+    return raw[5:].decode(errors="replace")
+
+
+def _check_model_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise HTTPError(400, "model_name must be a non-empty string")
+    if len(name) > 1024 or "/" in name or any(ord(c) < 32 or c == "\x7f" for c in name):
+        raise HTTPError(
+            400, f"model_name {name[:80]!r} must be at most 1024 characters, without '/' or controls"
+        )
+    return name
+
+
+class App:
+    """The ASGI application; one instance per server process."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.load_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="load")
+        self.predict_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="predict")
+        self.cache = ModelCache(
+            config.memory_budget, self.load_pool, max_models=config.max_models, eviction=config.eviction
+        )
+        self.model_root = Path(os.path.realpath(config.model_root))
+        self.ready = False
+        self.draining = False
+        self.single_model = False
+        self._startup: asyncio.Task[None] | None = None
+
+    # --- ASGI ----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            response = await self.handle(Request.from_scope(scope, receive))
+            await response(send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # Listen at once: SageMaker polls /ping and GET /models while models still load.
+                self._startup = asyncio.create_task(self._start())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.draining = True
+                if self._startup is not None:
+                    self._startup.cancel()
+                self.load_pool.shutdown(wait=False, cancel_futures=True)
+                self.predict_pool.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _start(self) -> None:
+        config = self.config
+        if not config.multi_model and not config.models and _has_files(config.model_dir):
+            self.single_model = True
+            await self._load_single_model()
+        self.ready = True
+        log.info("ready on %s:%s", config.host, config.port)
+
+    async def _load_single_model(self) -> None:
+        folder = self.config.model_dir
+        try:
+            await self._load_folder(SINGLE_MODEL_NAME, folder)
+        except (HandlerError, CacheError, OSError) as exc:
+            # /ping stays 503 so the platform sees an unhealthy container instead of a broken one.
+            log.error("single model in %s failed to load: %s", folder, exc)
+            raise
+
+    # --- routing -------------------------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except HTTPError as exc:
+            return error_response(exc)
+        except (HandlerError, CacheError) as exc:
+            return error_response(HTTPError(exc.status, str(exc)))
+        except Exception as exc:  # a bug must cost one request, never the server
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(HTTPError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+    async def _route(self, request: Request) -> Response:
+        method = request.method
+        parts = [
+            unquote(p) for p in request.scope.get("raw_path", request.path.encode()).decode().split("/")[1:]
+        ]
+        match parts:
+            case ["ping"]:
+                return self._allow(method, "GET", "HEAD") or self.ping()
+            case ["models"]:
+                if method == "POST":
+                    return await self.load_model(request)
+                return self._allow(method, "GET") or self.list_models(request)
+            case ["models", name]:
+                if method == "DELETE":
+                    return await self.unload_model(name)
+                return self._allow(method, "GET") or self.describe_model(name)
+            case ["models", name, "invoke"]:
+                return self._allow(method, "POST") or await self.invoke(request, name)
+            case ["invocations"]:
+                return self._allow(method, "POST") or await self.invocations(request)
+        raise HTTPError(404, f"no route for {method} {request.path}")
+
+    @staticmethod
+    def _allow(method: str, *allowed: str) -> Response | None:
+        if method not in allowed:
+            raise HTTPError(405, f"method {method} not allowed here; use {' or '.join(allowed)}")
+        return None
+
+    # --- routes --------------------------------------------------------------------------------
+    def ping(self) -> Response:
+        if self.draining:
+            return json_response({"status": "draining"}, 503)
+        if not self.ready:
+            return json_response({"status": "starting"}, 503)
+        return json_response({"status": "healthy"})
+
+    def list_models(self, request: Request) -> Response:
+        query = request.query
+        size_raw = query.get("page_size", query.get("limit", str(DEFAULT_PAGE_SIZE)))
+        if not size_raw.isdigit() or not 1 <= int(size_raw) <= MAX_PAGE_SIZE:
+            raise HTTPError(400, f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {size_raw!r}")
+        size = int(size_raw)
+        names = self.cache.sorted_names()
+        token = query.get("next_page_token")
+        if token:
+            after = _page_after(token)
+            names = [n for n in names if n > after]
+        page = names[:size]
+        next_token = _page_token(page[-1]) if len(names) > size else None
+        models = [{"modelName": n, "modelUrl": self.cache.get(n).url} for n in page]  # type: ignore[union-attr]
+        return json_response({"models": models, "nextPageToken": next_token})
+
+    def describe_model(self, name: str) -> Response:
+        entry = self.cache.get(name)
+        if entry is None:
+            raise HTTPError(404, f"model {name!r} is not loaded")
+        return json_response(entry.describe())
+
+    async def load_model(self, request: Request) -> Response:
+        body = await request.json(self.config.max_body)
+        if not isinstance(body, dict):
+            raise HTTPError(400, 'body must be a JSON object {"model_name": ..., "url": ...}')
+        name = _check_model_name(body.get("model_name"))
+        url = body.get("url")
+        if not isinstance(url, str) or not url:
+            raise HTTPError(400, "url must be a non-empty string naming the model's folder")
+        folder = self._confine(url)
+        if name in self.cache and not self.cache.is_loading(name):
+            raise HTTPError(409, f"model {name!r} is already loaded")
+        target = request.headers.get(TARGET_MODEL)
+        entry = await self._load_folder(name, folder, url=url)
+        log.info("loaded %s (%s) from %s: %d bytes", name, target or "-", url, entry.size)
+        return json_response({"status": f"model {name!r} loaded", "modelName": name, "sizeBytes": entry.size})
+
+    def _confine(self, url: str) -> Path:
+        """Resolve `url` inside --model-root, refusing before any read what escapes it."""
+        path = Path(url)
+        if not path.is_absolute() or ".." in path.parts or "\x00" in url:
+            raise HTTPError(400, f"url {url!r} must be an absolute path without '..' under {self.model_root}")
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(self.model_root):
+            raise HTTPError(400, f"url {url!r} is outside the model root {self.model_root}")
+        if not resolved.is_dir():
+            raise HTTPError(404, f"url {url!r} does not exist or is not a folder")
+        return resolved
+
+    async def _load_folder(self, name: str, folder: Path, url: str | None = None) -> Entry:
+        config = self.config
+
+        def loader() -> Loaded:
+            model = load_model(
+                folder, allow_pickle=config.allow_pickle, allow_user_code=config.allow_user_code
+            )
+            return Loaded(model, model.size_bytes)
+
+        estimate = int(_artifact_bytes(folder) * ESTIMATE_FACTOR)
+        return await self.cache.load(name, url or str(folder), loader, estimate=estimate)
+
+    async def unload_model(self, name: str) -> Response:
+        await self.cache.unload(name)
+        log.info("unloaded %s", name)
+        return json_response({"status": f"model {name!r} unloaded"})
+
+    async def invoke(self, request: Request, name: str) -> Response:
+        body = await request.body(self.config.max_body)
+        with self.cache.lease(name) as entry:
+            return await self._predict(request, entry.model, body, request.headers.get(TARGET_MODEL))
+
+    async def invocations(self, request: Request) -> Response:
+        if not self.single_model:
+            raise HTTPError(404, "no single model is served here; use POST /models/{name}/invoke")
+        return await self.invoke(request, SINGLE_MODEL_NAME)
+
+    async def _predict(
+        self, request: Request, model: LoadedModel, body: bytes, target: str | None
+    ) -> Response:
+        headers = request.headers
+        attributes = headers.get(CUSTOM_ATTRIBUTES)
+        context = Context(custom_attributes=attributes, target_model=target)
+        content_type, accept = headers.get("content-type"), headers.get("accept")
+        if len(body) <= INLINE_BODY_LIMIT:
+            payload, media_type = model.invoke(body, content_type, accept, context)
+        else:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(self.predict_pool, model.invoke, body, content_type, accept, context)
+            try:
+                payload, media_type = await asyncio.wait_for(call, self.config.timeout_s)
+            except TimeoutError:
+                raise HTTPError(504, f"prediction took longer than {self.config.timeout_s:g} s") from None
+        extra = [(CUSTOM_ATTRIBUTES.encode(), attributes.encode("latin-1"))] if attributes else []
+        return Response(200, payload, media_type, extra)
+
+
+def _has_files(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except OSError:
+        return False

@@ -1,0 +1,251 @@
+"""Resident models: a byte budget, LRU order, one load in flight per model, and leases for in-flight calls.
+
+Everything here runs on the event loop thread, so the bookkeeping needs no locks; only the loader
+itself runs in a thread pool. Knows nothing of HTTP, of artifacts or of XGBoost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class CacheError(Exception):
+    status = 500
+
+
+class NotLoaded(CacheError):
+    status = 404
+
+
+class AlreadyLoaded(CacheError):
+    status = 409
+
+
+class DoesNotFit(CacheError):
+    status = 507
+
+
+class Sized(Protocol):
+    size_bytes: int
+
+
+@dataclass(eq=False)
+class Entry:
+    name: str
+    url: str
+    model: Any
+    size: int
+    version: Any = None
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    checked_at: float = field(default_factory=time.monotonic)
+    invocations: int = 0
+    inflight: int = 0
+    drained: asyncio.Event | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "modelName": self.name,
+            "modelUrl": self.url,
+            "sizeBytes": self.size,
+            "loadedAt": self.loaded_at,
+            "lastUsed": self.last_used,
+            "invocations": self.invocations,
+            "inFlight": self.inflight,
+        }
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a loader hands back: the model, its measured size, and the artifact version it came from."""
+
+    model: Any
+    size: int
+    version: Any = None
+
+
+Loader = Callable[[], Loaded]
+# name, event ("load", "unload", "evict", "reload", "load_failed"), details
+Listener = Callable[[str, str, dict[str, Any]], None]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _release_free_memory() -> None:
+    # glibc keeps freed model memory in its arenas; without trimming, RSS never goes down after unloads.
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+class ModelCache:
+    def __init__(
+        self,
+        budget: int,
+        executor: Executor,
+        *,
+        max_models: int | None = None,
+        eviction: str = "lru",
+    ) -> None:
+        if eviction not in {"lru", "reject"}:
+            raise ValueError(f"unknown eviction policy {eviction!r}")
+        self.budget = budget
+        self.max_models = max_models
+        self.eviction = eviction
+        self.listeners: list[Listener] = []
+        self._executor = executor
+        self._entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
+        self._loading: dict[str, asyncio.Future[Entry]] = {}
+        self._reserved = 0
+        self._used = 0
+
+    # --- reading -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Entry | None:
+        return self._entries.get(name)
+
+    def entries(self) -> list[Entry]:
+        """Most recently used first."""
+        return list(reversed(self._entries.values()))
+
+    def sorted_names(self) -> list[str]:
+        return sorted(self._entries)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def is_loading(self, name: str) -> bool:
+        return name in self._loading
+
+    # --- using ---------------------------------------------------------------------------------
+    @contextmanager
+    def lease(self, name: str) -> Iterator[Entry]:
+        """Hold a model for one invocation; an unload waits until every lease is returned."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotLoaded(f"model {name!r} is not loaded")
+        self._entries.move_to_end(name)
+        entry.last_used = time.time()
+        entry.inflight += 1
+        try:
+            yield entry
+        finally:
+            entry.inflight -= 1
+            entry.invocations += 1
+            if entry.inflight == 0 and entry.drained is not None:
+                entry.drained.set()
+
+    # --- loading -------------------------------------------------------------------------------
+    async def load(
+        self, name: str, url: str, loader: Loader, *, estimate: int, replace: bool = False
+    ) -> Entry:
+        """Load `name` once, however many callers ask at the same time; they all get the one outcome.
+
+        With replace=True a resident model is swapped for the new load (its in-flight calls finish
+        on the old one); otherwise a resident model is AlreadyLoaded.
+        """
+        pending = self._loading.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if name in self._entries and not replace:
+            raise AlreadyLoaded(f"model {name!r} is already loaded")
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._loading[name] = future
+        try:
+            entry = await self._load(name, url, loader, estimate)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # marks it retrieved: waiters may be none
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            del self._loading[name]
+
+    async def _load(self, name: str, url: str, loader: Loader, estimate: int) -> Entry:
+        estimate = max(estimate, 1)
+        previous = self._entries.get(name)
+        if estimate > self.budget:
+            raise DoesNotFit(
+                f"model {name!r} needs about {estimate} bytes; the whole budget is {self.budget}"
+            )
+        self._make_room(estimate, keep=name)
+        self._reserved += estimate
+        started = time.monotonic()
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, loader)
+        except BaseException as exc:
+            self._emit(name, "load_failed", {"error": str(exc)})
+            raise
+        finally:
+            self._reserved -= estimate
+        if loaded.size > self.budget:
+            raise DoesNotFit(f"model {name!r} takes {loaded.size} bytes; the whole budget is {self.budget}")
+        # The measured size may exceed the estimate: make room again, now for the real number.
+        self._make_room(loaded.size, keep=name)
+        if previous is not None and self._entries.get(name) is previous:
+            self._remove(name)
+        entry = Entry(name=name, url=url, model=loaded.model, size=loaded.size, version=loaded.version)
+        self._entries[name] = entry
+        self._used += entry.size
+        event = "reload" if previous is not None else "load"
+        self._emit(name, event, {"bytes": entry.size, "seconds": time.monotonic() - started})
+        return entry
+
+    def _make_room(self, need: int, keep: str) -> None:
+        def full() -> bool:
+            over_bytes = self._used + self._reserved + need > self.budget
+            count = len(self._entries) + len(self._loading) - (keep in self._entries)
+            over_count = self.max_models is not None and count > self.max_models
+            return over_bytes or over_count
+
+        while full():
+            victim = next((n for n in self._entries if n != keep), None)
+            if self.eviction == "reject" or victim is None:
+                raise DoesNotFit(
+                    f"no room for another model: {self._used + self._reserved} of {self.budget} bytes "
+                    f"and {len(self._entries)} models resident"
+                    + (f" (at most {self.max_models})" if self.max_models else "")
+                )
+            self._remove(victim)
+            self._emit(victim, "evict", {"reason": "lru"})
+
+    # --- unloading -----------------------------------------------------------------------------
+    def _remove(self, name: str) -> Entry:
+        entry = self._entries.pop(name)
+        self._used -= entry.size
+        return entry
+
+    async def unload(self, name: str) -> Entry:
+        """Forget `name` at once (no new leases), then wait for its in-flight calls before returning."""
+        if name not in self._entries:
+            raise NotLoaded(f"model {name!r} is not loaded")
+        entry = self._remove(name)
+        if entry.inflight:
+            entry.drained = asyncio.Event()
+            await entry.drained.wait()
+        entry.model = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, _release_free_memory)
+        self._emit(name, "unload", {"bytes": entry.size})
+        return entry
+
+    def _emit(self, name: str, event: str, details: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            listener(name, event, details)
