@@ -109,7 +109,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})}
         # A file, not a pipe: a chatty server must never block on a full pipe nobody reads.
-        self.log = tempfile.TemporaryFile("w+")
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serve.cli", "serve", "--host", "127.0.0.1", *args],
             env=full_env,
