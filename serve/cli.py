@@ -13,6 +13,7 @@ from serve.errors import CommandError
 COMMANDS: dict[str, str] = {
     "serve": "serve.commands.serve",
     "train": "training.cli",
+    "train-job": "training.job_cli",
 }
 
 
