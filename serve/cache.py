@@ -160,24 +160,22 @@ class ModelCache:
         With replace=True a resident model is swapped for the new load (its in-flight calls finish
         on the old one); otherwise a resident model is AlreadyLoaded.
         """
-        pending = self._loading.get(name)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        if name in self._entries and not replace:
-            raise AlreadyLoaded(f"model {name!r} is already loaded")
-        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        self._loading[name] = future
-        try:
-            entry = await self._load(name, url, loader, estimate)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # marks it retrieved: waiters may be none
-            raise
-        else:
-            future.set_result(entry)
-            return entry
-        finally:
+        task = self._loading.get(name)
+        if task is None:
+            if name in self._entries and not replace:
+                raise AlreadyLoaded(f"model {name!r} is already loaded")
+            # A task of its own: a caller that gives up waiting (a timeout, a disconnect) never
+            # cancels the load that other callers, or its own retry, are waiting for.
+            task = asyncio.ensure_future(self._load(name, url, loader, estimate))
+            self._loading[name] = task
+            task.add_done_callback(lambda done: self._load_done(name, done))
+        return await asyncio.shield(task)
+
+    def _load_done(self, name: str, task: asyncio.Future[Entry]) -> None:
+        if self._loading.get(name) is task:
             del self._loading[name]
+        if not task.cancelled():
+            task.exception()  # retrieved here: a load may end with nobody left waiting
 
     async def _load(self, name: str, url: str, loader: Loader, estimate: int) -> Entry:
         estimate = max(estimate, 1)

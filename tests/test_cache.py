@@ -197,3 +197,17 @@ def test_replace_swaps_a_model_while_old_leases_finish_on_the_old_one(pool):
         assert cache.get("a").model == "model:a2" and cache.used_bytes == 20
 
     run(main())
+
+
+def test_a_caller_that_stops_waiting_does_not_cancel_the_load(pool):
+    loader = CountingLoader(delay=0.3)
+
+    async def main():
+        cache = ModelCache(100, pool)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(cache.load("a", "u", loader("a", 10), estimate=10), 0.05)
+        entry = await cache.load("a", "u", loader("a", 10), estimate=10)
+        assert entry.model == "model:a"
+
+    run(main())
+    assert loader.calls == {"a": 1}
