@@ -1,0 +1,191 @@
+"""Local disk cache of unpacked artifacts, bounded by its own byte budget and evicted least recently used.
+
+Bytes on disk (unpacked folders plus downloads in flight) never exceed the budget: space is reserved before
+each download and each extraction, evicting idle entries to make room. A name is materialized by one thread
+at a time; different names proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve.source import (
+    BadArtifact,
+    ModelNotFound,
+    ModelSource,
+    SourceError,
+    SourceUnavailable,
+    Version,
+    validate_name,
+)
+from serve.unpack import open_archive
+
+MARKER = ".mme-disk-cache"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    version: Version
+    size: int
+
+
+class DiskCache:
+    def __init__(
+        self,
+        root: Path,
+        budget_bytes: int,
+        source: ModelSource,
+        *,
+        max_unpacked_bytes: int = 1 << 30,
+        max_members: int = 1000,
+    ) -> None:
+        self.root = root
+        self.budget = budget_bytes
+        self.source = source
+        self._max_unpacked_bytes = max_unpacked_bytes
+        self._max_members = max_members
+        self._lock = threading.Lock()  # guards everything below; taken after a name lock, never before
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently materialized first
+        self._bytes = 0  # entry sizes plus reservations of loads in flight
+        self._name_locks: dict[str, tuple[threading.Lock, int]] = {}  # name -> (lock, threads using it)
+        self._wipe_root()
+
+    def _wipe_root(self) -> None:
+        # The marker keeps a mistyped --cache-dir from wiping a folder that holds anything else.
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / MARKER
+        children = [c for c in self.root.iterdir() if c != marker]
+        if children and not marker.exists():
+            raise SourceError(f"refusing to use {self.root} as the disk cache: it is not empty")
+        for child in children:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        marker.touch()
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def refresh_version(self, name: str) -> Version:
+        return self.source.version(validate_name(name))
+
+    def evict(self, name: str) -> None:
+        with self._name_lock(name), self._lock:
+            self._drop(name)
+
+    def materialize(self, name: str) -> tuple[Path, Version]:
+        """A folder holding the unpacked artifact, fetched unless the cached copy is still current."""
+        validate_name(name)
+        with self._name_lock(name):
+            try:
+                version = self.source.version(name)
+            except SourceUnavailable:
+                with self._lock:
+                    entry = self._touch(name)
+                if entry is None:
+                    raise
+                return entry.path, entry.version  # the store is down: the last copy fetched beats an error
+            except ModelNotFound:
+                with self._lock:
+                    self._drop(name)  # removed from the store, so it must stop being served
+                raise
+            with self._lock:
+                entry = self._touch(name)
+            if entry is not None and entry.version == version:
+                return entry.path, entry.version
+            return self._load(name, version)
+
+    def _load(self, name: str, hint: Version) -> tuple[Path, Version]:
+        download = self.root / f".download-{uuid.uuid4().hex}.tar.gz"
+        held = 0
+        try:
+            held = self._reserve(name, hint.size, held)
+            version = self.source.fetch(name, download)
+            download_size = download.stat().st_size
+            held = self._reserve(name, download_size, held)
+            dest = self.root / _folder_name(name)
+            with open_archive(
+                download, max_bytes=self._max_unpacked_bytes, max_members=self._max_members
+            ) as archive:
+                held = self._reserve(name, download_size + archive.unpacked_bytes, held)
+                archive.extract_to(dest)
+            download.unlink()
+            with self._lock:
+                self._drop(name)
+                self._entries[name] = _Entry(dest, version, archive.unpacked_bytes)
+                # The entry's bytes move from the reservation into the entry; the download is gone.
+                self._bytes += archive.unpacked_bytes - held
+                held = 0
+            return dest, version
+        except BadArtifact as exc:
+            raise BadArtifact(f"artifact '{name}': {exc}") from None
+        finally:
+            download.unlink(missing_ok=True)
+            with self._lock:
+                self._bytes -= held
+
+    def _reserve(self, name: str, total: int, held: int) -> int:
+        """Grow this load's reservation from `held` to `total` bytes, evicting idle entries; returns total."""
+        if total > self.budget:
+            raise BadArtifact(
+                f"needs {total} bytes on disk, more than the disk cache budget of {self.budget} bytes"
+            )
+        with self._lock:
+            while self._bytes - held + total > self.budget:
+                # Never evict a name another thread is materializing; our own old copy is fair game.
+                victim = next((n for n in self._entries if n == name or n not in self._name_locks), None)
+                if victim is None:
+                    raise SourceUnavailable(
+                        f"disk cache is full: artifact '{name}' needs {total} bytes and models being loaded "
+                        f"hold {self._bytes - held} of {self.budget} bytes"
+                    )
+                self._drop(victim)
+            self._bytes += total - held
+        return total
+
+    def _touch(self, name: str) -> _Entry | None:
+        entry = self._entries.get(name)
+        if entry is not None:
+            self._entries.move_to_end(name)
+        return entry
+
+    def _drop(self, name: str) -> None:
+        # Deleting while holding the lock keeps the byte count honest about what is on disk.
+        entry = self._entries.pop(name, None)
+        if entry is not None:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            self._bytes -= entry.size
+
+    @contextmanager
+    def _name_lock(self, name: str) -> Iterator[None]:
+        """Serialize work on one name; locks live only while some thread uses them."""
+        with self._lock:
+            lock, users = self._name_locks.get(name, (threading.Lock(), 0))
+            self._name_locks[name] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._name_locks.pop(name)
+                if users > 1:
+                    self._name_locks[name] = (lock, users - 1)
+
+
+def _folder_name(name: str) -> str:
+    """A unique, filesystem-safe folder name that still shows which model it holds."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", name.removesuffix(".tar.gz"))[-60:]
+    return f"{digest}-{uuid.uuid4().hex[:8]}-{readable}"

@@ -1,0 +1,298 @@
+"""Where model artifacts live: a local folder or an S3 prefix of SageMaker `*.tar.gz` files.
+
+A model's name is SageMaker's TargetModel: the artifact's key relative to the prefix, `.tar.gz` included.
+Every name is validated before any I/O, so a request can never reach outside the configured source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from training.upload import parse_s3_url
+
+MAX_NAME_BYTES = 1024  # S3's own key limit
+SUFFIX = ".tar.gz"
+
+
+class SourceError(Exception):
+    """A model could not be served from the source; `status` is the HTTP status the endpoint answers."""
+
+    status = 500
+
+
+class ModelNotFound(SourceError):
+    """The name is invalid or names no artifact (SageMaker answers ValidationError)."""
+
+    status = 400
+
+
+class BadArtifact(SourceError):
+    """The artifact exists but cannot be used (SageMaker answers ModelError)."""
+
+    status = 424
+
+
+class SourceUnavailable(SourceError):
+    """The store cannot be reached or refuses us; worth retrying once it is back."""
+
+    status = 503
+
+
+class ModelExists(SourceError):
+    """An upload would overwrite an existing artifact."""
+
+    status = 409
+
+
+@dataclass(frozen=True)
+class Version:
+    """Identifies the bytes of one artifact: the S3 ETag, or `{mtime_ns}-{size}` for a folder."""
+
+    tag: str
+    # Only a hint for reserving disk space before downloading; the tag alone says whether bytes changed.
+    size: int = field(default=0, compare=False)
+
+
+class ModelSource(Protocol):
+    def describe(self) -> str: ...
+
+    def list(self) -> Iterator[tuple[str, int]]: ...
+
+    def version(self, name: str) -> Version: ...
+
+    def fetch(self, name: str, dest: Path) -> Version: ...
+
+    def put(self, name: str, artifact: Path, *, overwrite: bool) -> None: ...
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a safe TargetModel, else raise ModelNotFound saying why."""
+    if not isinstance(name, str) or not name:
+        raise ModelNotFound("model name is empty")
+    shown = name if len(name) <= 200 else name[:200] + "..."
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ModelNotFound(f"model name '{shown}' is longer than {MAX_NAME_BYTES} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ModelNotFound(f"model name {shown!r} contains control characters")
+    if "\\" in name:
+        raise ModelNotFound(f"model name '{shown}' contains a backslash")
+    if name.startswith("/"):
+        raise ModelNotFound(f"model name '{shown}' is an absolute path")
+    segments = name.split("/")
+    if "" in segments:
+        raise ModelNotFound(f"model name '{shown}' has an empty path segment")
+    if "." in segments or ".." in segments:
+        raise ModelNotFound(f"model name '{shown}' has a '.' or '..' path segment")
+    if not name.endswith(SUFFIX) or segments[-1] == SUFFIX:
+        raise ModelNotFound(f"model name '{shown}' must name a {SUFFIX} artifact")
+    return name
+
+
+def _is_valid(name: str) -> bool:
+    try:
+        validate_name(name)
+    except ModelNotFound:
+        return False
+    return True
+
+
+def _write_atomically(dest: Path, fill: Callable[[IO[bytes]], None]) -> None:
+    """Write dest through a sibling temp file, so dest only ever holds a complete artifact."""
+    part = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(part, "wb") as out:
+            fill(out)
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+class FolderSource:
+    """Artifacts in a local folder, nested folders allowed; symlinks leading outside it are refused."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def _path(self, name: str) -> Path:
+        path = (self.root / validate_name(name)).resolve()
+        if not path.is_relative_to(self.root):
+            raise ModelNotFound(f"model '{name}' resolves outside {self.describe()}")
+        return path
+
+    def _require_root(self) -> None:
+        if not self.root.is_dir():
+            raise SourceUnavailable(f"{self.describe()} does not exist")
+
+    def list(self) -> Iterator[tuple[str, int]]:
+        self._require_root()
+        found = []
+        for folder, _, files in os.walk(self.root):
+            for file in files:
+                name = Path(folder, file).relative_to(self.root).as_posix()
+                if not _is_valid(name):
+                    continue
+                try:
+                    found.append((name, self._path(name).stat().st_size))
+                except (ModelNotFound, OSError):
+                    continue  # escaping symlink, dangling link, or removed while listing
+        yield from sorted(found)
+
+    def version(self, name: str) -> Version:
+        path = self._path(name)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot stat model '{name}': {exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelNotFound(f"model '{name}' in {self.describe()} is not a file")
+        return _folder_version(st)
+
+    def fetch(self, name: str, dest: Path) -> Version:
+        path = self._path(name)
+        try:
+            src = open(path, "rb")  # noqa: SIM115 - closed below; only opening maps to ModelNotFound
+        except (FileNotFoundError, IsADirectoryError):
+            raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot read model '{name}': {exc.strerror}") from exc
+        with src:
+            # The open file's own stat describes exactly the bytes copied, even if the path is replaced now.
+            version = _folder_version(os.fstat(src.fileno()))
+            _write_atomically(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+        return version
+
+    def put(self, name: str, artifact: Path, *, overwrite: bool) -> None:
+        self._path(name)  # refuses a name whose parent folder is a symlink leading out, before creating it
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        try:
+            shutil.copyfile(artifact, part)
+            if overwrite:
+                os.replace(part, target)
+            else:
+                # A hard link never replaces an existing file, so two concurrent adds cannot both win.
+                try:
+                    os.link(part, target)
+                except FileExistsError:
+                    raise ModelExists(f"model '{name}' already exists in {self.describe()}") from None
+        finally:
+            part.unlink(missing_ok=True)
+
+
+def _folder_version(st: os.stat_result) -> Version:
+    return Version(f"{st.st_mtime_ns}-{st.st_size}", st.st_size)
+
+
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """One client per source, reused for every call (botocore clients are thread-safe).
+
+    Short timeouts and one retry make a dead store answer 503 within seconds rather than hang requests.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=2,
+        read_timeout=10,
+        retries={"max_attempts": 2, "mode": "standard"},
+        max_pool_connections=32,  # ~16 concurrent fetches plus HEADs for revalidation
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+class S3Source:
+    """Artifacts under an S3 prefix, read with a single shared client."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.client = client
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _key(self, name: str) -> str:
+        return self.prefix + validate_name(name)
+
+    @contextmanager
+    def _errors(self, name: str | None = None) -> Iterator[None]:
+        """Map boto's failures to ours: missing -> ModelNotFound, anything else -> SourceUnavailable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        from urllib3.exceptions import HTTPError
+
+        try:
+            yield
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if name is not None and code in ("404", "NoSuchKey", "NotFound"):
+                raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
+            raise SourceUnavailable(f"{self.describe()} answered {code or 'an error'}: {exc}") from exc
+        except (BotoCoreError, HTTPError) as exc:
+            raise SourceUnavailable(f"{self.describe()} is unreachable: {exc}") from exc
+
+    def list(self) -> Iterator[tuple[str, int]]:
+        with self._errors():
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            found = [
+                (obj["Key"][len(self.prefix) :], obj["Size"])
+                for page in pages
+                for obj in page.get("Contents", [])
+            ]
+        yield from sorted((name, size) for name, size in found if _is_valid(name))
+
+    def version(self, name: str) -> Version:
+        key = self._key(name)
+        with self._errors(name):
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        return Version(head["ETag"].strip('"'), head["ContentLength"])
+
+    def fetch(self, name: str, dest: Path) -> Version:
+        key = self._key(name)
+        with self._errors(name):
+            # get_object's own ETag describes exactly the bytes streamed, even if the key is overwritten now.
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            try:
+                _write_atomically(dest, lambda out: shutil.copyfileobj(body, out, 1 << 20))
+            finally:
+                body.close()
+        return Version(response["ETag"].strip('"'), response["ContentLength"])
+
+    def put(self, name: str, artifact: Path, *, overwrite: bool) -> None:
+        key = self._key(name)
+        if not overwrite:
+            try:
+                self.version(name)
+            except ModelNotFound:
+                pass
+            else:
+                raise ModelExists(f"model '{name}' already exists in {self.describe()}")
+        with self._errors():
+            self.client.upload_file(str(artifact), self.bucket, key)
+
+
+def open_source(spec: str, *, s3_endpoint_url: str | None = None) -> ModelSource:
+    """A folder path or `s3://bucket/prefix/`; the S3 endpoint defaults to AWS_ENDPOINT_URL or AWS."""
+    if spec.startswith("s3://"):
+        try:
+            bucket, prefix = parse_s3_url(spec)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+        return S3Source(bucket, prefix, s3_client(s3_endpoint_url))
+    return FolderSource(Path(spec))

@@ -1,0 +1,128 @@
+"""Hostile artifacts are refused by name, and leave nothing in the disk cache or outside it."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from serve.diskcache import MARKER, DiskCache
+from serve.source import BadArtifact, FolderSource
+from serve.unpack import open_archive
+
+MODEL = b"model bytes " * 100
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> tuple:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = len(data)
+    info.linkname = link
+    return info, io.BytesIO(data) if data else None
+
+
+def tar_bytes(*members: tuple, compress: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if compress else "w") as tar:
+        for info, data in members:
+            tar.addfile(info, data)
+    return buf.getvalue()
+
+
+def good() -> tuple:
+    return member("xgboost-model", data=MODEL)
+
+
+def truncated() -> bytes:
+    whole = tar_bytes(member("xgboost-model", data=os.urandom(3000)))
+    return whole[: len(whole) // 2]
+
+
+HOSTILE = {
+    "tar-slip": (
+        tar_bytes(good(), member("../evil", data=b"x")),
+        "tar member '../evil' escapes the artifact",
+    ),
+    "nested-slip": (tar_bytes(member("a/../../evil", data=b"x")), "tar member 'a/../../evil' escapes"),
+    "absolute": (tar_bytes(good(), member("/tmp/evil", data=b"x")), "tar member '/tmp/evil' has an absolute"),
+    "symlink": (
+        tar_bytes(member("link", tarfile.SYMTYPE, link="/etc/passwd"), good()),
+        "tar member 'link' is a symlink",
+    ),
+    "hardlink": (
+        tar_bytes(good(), member("hl", tarfile.LNKTYPE, link="xgboost-model")),
+        "tar member 'hl' is a hardlink",
+    ),
+    "char-device": (tar_bytes(good(), member("tty", tarfile.CHRTYPE)), "tar member 'tty' is a device"),
+    "block-device": (tar_bytes(good(), member("sda", tarfile.BLKTYPE)), "tar member 'sda' is a device"),
+    "fifo": (tar_bytes(good(), member("pipe", tarfile.FIFOTYPE)), "tar member 'pipe' is a fifo"),
+    "too-many-members": (
+        tar_bytes(*(member(f"f{i}", data=b"x") for i in range(6))),
+        "archive has more than 5 members",
+    ),
+    "too-large": (tar_bytes(member("big", data=b"x" * 5000)), "archive unpacks to more than 4096 bytes"),
+    "not-gzip": (b"this is not a tarball at all", "not a gzip tar archive"),
+    "plain-tar": (tar_bytes(good(), compress=False), "not a gzip tar archive"),
+    "gzip-not-tar": (gzip.compress(b"just some text, no tar headers " * 30), "not a gzip tar archive"),
+    "truncated": (truncated(), "truncated or corrupt archive"),
+    "empty": (tar_bytes(), "archive is empty"),
+    "only-folders": (tar_bytes(member("sub", tarfile.DIRTYPE)), "archive is empty"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_artifact_is_refused_and_leaves_nothing(tmp_path: Path, case: str) -> None:
+    payload, problem = HOSTILE[case]
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "bad.tar.gz").write_bytes(payload)
+    root = tmp_path / "cache"
+    cache = DiskCache(root, 1 << 20, FolderSource(models), max_unpacked_bytes=4096, max_members=5)
+
+    with pytest.raises(BadArtifact) as caught:
+        cache.materialize("bad.tar.gz")
+
+    assert problem in str(caught.value)
+    assert "artifact 'bad.tar.gz'" in str(caught.value)
+    assert caught.value.status == 424
+    assert os.listdir(root) == [MARKER]
+    assert cache.used_bytes() == 0
+    assert sorted(os.listdir(tmp_path)) == ["cache", "models"]  # nothing escaped next to the cache either
+
+
+def test_good_archive_unpacks_with_folders_and_dot_prefix(tmp_path: Path) -> None:
+    archive = tmp_path / "ok.tar.gz"
+    archive.write_bytes(
+        tar_bytes(
+            member(".", tarfile.DIRTYPE),
+            member("./xgboost-model", data=MODEL),
+            member("./code", tarfile.DIRTYPE),
+            member("./code/inference.py", data=b"print()"),
+        )
+    )
+    dest = tmp_path / "out"
+
+    with open_archive(archive, max_bytes=1 << 20, max_members=10) as checked:
+        assert checked.unpacked_bytes == len(MODEL) + len(b"print()")
+        checked.extract_to(dest)
+
+    assert (dest / "xgboost-model").read_bytes() == MODEL
+    assert (dest / "code" / "inference.py").read_bytes() == b"print()"
+    assert sorted(os.listdir(tmp_path)) == ["ok.tar.gz", "out"]
+
+
+def test_failed_extraction_removes_its_temp_folder(tmp_path: Path) -> None:
+    archive = tmp_path / "ok.tar.gz"
+    archive.write_bytes(tar_bytes(good()))
+    dest = tmp_path / "out"
+    (dest / "occupied").mkdir(parents=True)
+
+    with open_archive(archive, max_bytes=1 << 20, max_members=10) as checked, pytest.raises(OSError):
+        checked.extract_to(dest)  # renaming onto a non-empty folder fails after the temp folder was filled
+
+    assert sorted(os.listdir(tmp_path)) == ["ok.tar.gz", "out"]
+    assert os.listdir(dest) == ["occupied"]
