@@ -14,6 +14,9 @@ COMMANDS: dict[str, str] = {
     "serve": "serve.commands.serve",
     "train": "training.cli",
     "train-job": "training.job_cli",
+    "push": "serve.commands.push",
+    "deploy": "serve.commands.deploy",
+    "undeploy": "serve.commands.undeploy",
 }
 
 
