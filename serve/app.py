@@ -10,6 +10,8 @@ import asyncio
 import base64
 import logging
 import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,10 @@ from handler.errors import HandlerError
 from handler.model import Context, LoadedModel, load_model
 from serve.cache import CacheError, Entry, Loaded, ModelCache
 from serve.config import ServerConfig
+from serve.endpoint import LocalEndpoint, ModelNotReady, make_endpoint
 from serve.http import HTTPError, Receive, Request, Response, Scope, Send, error_response, json_response
+from serve.runtime import runtime_error
+from serve.source import SourceError
 
 log = logging.getLogger("mme")
 
@@ -77,6 +82,11 @@ class App:
         self.draining = False
         self.single_model = False
         self._startup: asyncio.Task[None] | None = None
+        self._cache_dir: Path | None = None
+        self.endpoint: LocalEndpoint | None = None
+        if config.models:
+            self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
+            self.endpoint = make_endpoint(config, self.cache, self.load_pool, self._cache_dir)
 
     # --- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,6 +109,8 @@ class App:
                     self._startup.cancel()
                 self.load_pool.shutdown(wait=False, cancel_futures=True)
                 self.predict_pool.shutdown(wait=False, cancel_futures=True)
+                if self._cache_dir is not None and self.config.cache_dir is None:
+                    shutil.rmtree(self._cache_dir, ignore_errors=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -107,6 +119,8 @@ class App:
         if not config.multi_model and not config.models and _has_files(config.model_dir):
             self.single_model = True
             await self._load_single_model()
+        if self.endpoint is not None and config.preload:
+            await self.endpoint.preload(config.preload)
         self.ready = True
         log.info("ready on %s:%s", config.host, config.port)
 
@@ -151,6 +165,8 @@ class App:
                 return self._allow(method, "POST") or await self.invoke(request, name)
             case ["invocations"]:
                 return self._allow(method, "POST") or await self.invocations(request)
+            case ["endpoints", _, "invocations"]:
+                return self._allow(method, "POST") or await self.invoke_endpoint(request)
         raise HTTPError(404, f"no route for {method} {request.path}")
 
     @staticmethod
@@ -240,9 +256,53 @@ class App:
             return await self._predict(request, entry.model, body, request.headers.get(TARGET_MODEL))
 
     async def invocations(self, request: Request) -> Response:
+        if TARGET_MODEL in request.headers:
+            return await self.invoke_endpoint(request)
         if not self.single_model:
-            raise HTTPError(404, "no single model is served here; use POST /models/{name}/invoke")
+            raise HTTPError(
+                404,
+                "no single model is served here: use POST /models/{name}/invoke, or name one in the "
+                "X-Amzn-SageMaker-Target-Model header of a server started with --models",
+            )
         return await self.invoke(request, SINGLE_MODEL_NAME)
+
+    async def invoke_endpoint(self, request: Request) -> Response:
+        """SageMaker runtime's InvokeEndpoint: errors in its shapes, so boto3 raises what AWS would."""
+        if self.draining:
+            return runtime_error(503, "ServiceUnavailable", "the endpoint is shutting down")
+        if self.endpoint is None:
+            return runtime_error(
+                400, "ValidationError", "this server has no model source: start it with --models"
+            )
+        name = request.headers.get(TARGET_MODEL)
+        if not name:
+            return runtime_error(
+                400, "ValidationError", "TargetModel (X-Amzn-SageMaker-Target-Model) is required"
+            )
+        try:
+            body = await request.body(self.config.max_body)
+            for _ in range(3):  # another cold load may evict this model between its load and our lease
+                await self.endpoint.ensure(name)
+                if name in self.cache:
+                    with self.cache.lease(name) as entry:
+                        response = await self._predict(request, entry.model, body, name)
+                    response.headers.append((b"x-amzn-invoked-production-variant", b"AllTraffic"))
+                    return response
+            return runtime_error(503, "ServiceUnavailable", f"model {name!r} was evicted as it loaded; retry")
+        except ModelNotReady as exc:
+            return runtime_error(429, "ModelNotReadyException", str(exc))
+        except SourceError as exc:
+            if exc.status == 400:
+                return runtime_error(400, "ValidationError", str(exc))
+            if exc.status == 503:
+                return runtime_error(503, "ServiceUnavailable", str(exc))
+            return runtime_error(424, "ModelError", str(exc), original_status=400)
+        except HTTPError as exc:
+            if exc.status == 413:
+                return runtime_error(413, "ValidationError", exc.message)
+            return runtime_error(424, "ModelError", exc.message, original_status=exc.status)
+        except (HandlerError, CacheError) as exc:
+            return runtime_error(424, "ModelError", str(exc), original_status=exc.status)
 
     async def _predict(
         self, request: Request, model: LoadedModel, body: bytes, target: str | None

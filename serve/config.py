@@ -74,6 +74,7 @@ class ServerConfig:
     disk_budget: int = 10 * 1024 * MiB
     cache_dir: Path | None = None
     revalidate_after: float | None = 60.0
+    ready_timeout: float = 60.0
     preload: tuple[str, ...] = field(default_factory=tuple)
     log_format: str = "text"
     log_level: str = "info"
@@ -102,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--disk-budget", help="bytes of unpacked artifacts kept on disk, e.g. 10GiB (env MME_DISK_BUDGET)")
     add("--cache-dir", help="where fetched artifacts are unpacked (default: a temp folder)")
     add("--revalidate-after", help="seconds before a resident model's artifact is re-checked; 0 or 'off'")
+    add(
+        "--ready-timeout", type=float, help="seconds a client waits for a cold load before a 429 (default 60)"
+    )
     add("--preload", help="NAME,NAME,... or @file of names to load before /ping turns green")
     add("--log-format", choices=["text", "json"], help="access and event log format (env MME_LOG_FORMAT)")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="(env MME_LOG_LEVEL)")
@@ -164,7 +168,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
 
     multi_model = _truthy(env.get("SAGEMAKER_MULTI_MODEL"))
     budget_default = int(memory_limit() * DEFAULT_MEMORY_FRACTION)
-    return ServerConfig(
+    config = ServerConfig(
         host=pick("host", "MME_HOST") or "127.0.0.1",
         port=convert("port", ("SAGEMAKER_BIND_TO_PORT",), int, 8080),
         multi_model=multi_model,
@@ -190,7 +194,13 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         disk_budget=convert("disk_budget", ("MME_DISK_BUDGET",), parse_bytes, 10 * 1024 * MiB),
         cache_dir=Path(d) if (d := pick("cache_dir", "MME_CACHE_DIR")) else None,
         revalidate_after=convert("revalidate_after", ("MME_REVALIDATE_AFTER",), _revalidate, 60.0),
+        ready_timeout=convert("ready_timeout", ("MME_READY_TIMEOUT",), seconds, 60.0),
         preload=_preload_names(pick("preload", "MME_PRELOAD")),
         log_format=pick("log_format", "MME_LOG_FORMAT") or "text",
         log_level=pick("log_level", "MME_LOG_LEVEL") or "info",
     )
+    if config.eviction not in {"lru", "reject"}:
+        raise CommandError(f"MME_EVICTION={config.eviction!r}: must be lru or reject")
+    if config.preload and not config.models:
+        raise CommandError("--preload needs a model source: give --models too")
+    return config

@@ -157,3 +157,31 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def artifact_bytes() -> Callable[[int], bytes]:
+    """artifact_bytes(seed) -> a SageMaker XGBoost model.tar.gz holding `xgboost-model`."""
+    from training.package import tar_gz
+
+    made: dict[int, bytes] = {}
+
+    def make(seed: int) -> bytes:
+        if seed not in made:
+            made[seed] = tar_gz(bytes(train_booster(seed).save_raw("ubj")))
+        return made[seed]
+
+    return make
+
+
+def predict_artifact(data: bytes, rows: np.ndarray) -> list[float]:
+    """What the artifact predicts in-process: the reference every served prediction must equal."""
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.extractfile("xgboost-model")
+        assert member is not None
+        booster = xgb.Booster()
+        booster.load_model(bytearray(member.read()))
+    return booster.inplace_predict(rows).tolist()

@@ -1,0 +1,110 @@
+"""The local endpoint: what SageMaker does in front of the container, done by the server itself.
+
+A TargetModel that is not resident is fetched from the model source into the disk cache, unpacked,
+and loaded through the model cache (one load in flight per name); a resident one is re-checked
+against its artifact's version every `revalidate_after` seconds and reloaded when it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from pathlib import Path
+
+from handler.model import load_model
+from serve.cache import Entry, Loaded, ModelCache
+from serve.config import ServerConfig
+from serve.diskcache import DiskCache
+from serve.source import ModelNotFound, ModelSource, SourceUnavailable, validate_name
+
+log = logging.getLogger("mme")
+
+# Estimate for a model never seen before, when nothing is resident to average over.
+FIRST_ESTIMATE = 256 * 1024
+
+
+class ModelNotReady(Exception):
+    """A cold load outlasted the wait a client is given; it goes on, and a retry finds it ready."""
+
+
+class LocalEndpoint:
+    def __init__(
+        self, config: ServerConfig, cache: ModelCache, pool: Executor, source: ModelSource, disk: DiskCache
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.pool = pool
+        self.source = source
+        self.disk = disk
+
+    async def ensure(self, name: str) -> None:
+        """Make `name` resident and current; raise ModelNotReady if that takes over the ready timeout."""
+        validate_name(name)
+        entry = self.cache.get(name)
+        if entry is not None and not self._stale(entry):
+            return
+        if entry is not None:
+            # Marked before anything awaits, so concurrent requests don't all ask the store.
+            entry.checked_at = time.monotonic()
+            work = self._refresh(entry)
+        else:
+            work = self._load(name, replace=False)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(work)), self.config.ready_timeout)
+        except TimeoutError:
+            raise ModelNotReady(
+                f"model {name!r} is still loading after {self.config.ready_timeout:g} s; retry shortly"
+            ) from None
+
+    def _stale(self, entry: Entry) -> bool:
+        after = self.config.revalidate_after
+        return after is not None and time.monotonic() - entry.checked_at >= after
+
+    async def _refresh(self, entry: Entry) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            version = await loop.run_in_executor(self.pool, self.source.version, entry.name)
+        except SourceUnavailable as exc:
+            log.warning("cannot revalidate %s, serving the resident copy: %s", entry.name, exc)
+            return
+        except ModelNotFound:
+            # Gone from the store: stop serving it, as a fresh endpoint would.
+            if self.cache.get(entry.name) is entry:
+                await self.cache.unload(entry.name)
+            raise
+        if version != entry.version:
+            log.info("artifact of %s changed (%s -> %s): reloading", entry.name, entry.version, version)
+            await self._load(entry.name, replace=True)
+
+    async def _load(self, name: str, *, replace: bool) -> Entry:
+        config = self.config
+
+        def loader() -> Loaded:
+            folder, version = self.disk.materialize(name)
+            model = load_model(
+                folder, allow_pickle=config.allow_pickle, allow_user_code=config.allow_user_code
+            )
+            return Loaded(model, model.size_bytes, version)
+
+        resident = len(self.cache)
+        estimate = self.cache.used_bytes // resident if resident else FIRST_ESTIMATE
+        return await self.cache.load(name, self._url(name), loader, estimate=estimate, replace=replace)
+
+    def _url(self, name: str) -> str:
+        return f"{self.source.describe()}: {name}"
+
+    async def preload(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            await self._load(name, replace=False)
+            log.info("preloaded %s", name)
+
+
+def make_endpoint(config: ServerConfig, cache: ModelCache, pool: Executor, cache_dir: Path) -> LocalEndpoint:
+    from serve.source import open_source
+
+    assert config.models is not None
+    source = open_source(config.models, s3_endpoint_url=config.s3_endpoint_url)
+    disk = DiskCache(cache_dir, config.disk_budget, source)
+    return LocalEndpoint(config, cache, pool, source, disk)
