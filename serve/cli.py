@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "push": "serve.commands.push",
     "deploy": "serve.commands.deploy",
     "undeploy": "serve.commands.undeploy",
+    "invoke": "serve.commands.invoke",
+    "demo": "serve.commands.demo",
 }
 
 

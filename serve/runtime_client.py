@@ -44,7 +44,12 @@ def invoke_endpoint(
 ) -> Result:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    kwargs: dict[str, Any] = {"EndpointName": endpoint, "Body": body, "ContentType": content_type, "Accept": accept}
+    kwargs: dict[str, Any] = {
+        "EndpointName": endpoint,
+        "Body": body,
+        "ContentType": content_type,
+        "Accept": accept,
+    }
     if target_model:
         kwargs["TargetModel"] = target_model
     if custom_attributes:
