@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Builds the image with Debian's podman (no Docker engine, no registry needed) and checks SageMaker's
+# container contract against it: serve as root and as uid 1000, the model routes, SIGTERM, and train.
+# The recipe and why each podman setting is needed: see the "Container" section of README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv/bin
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/xgboost-mme
+BASE=localhost/debian-py:bookworm
+BASE_ARCHIVE=$CACHE/debian-py-bookworm.oci.tar
+IMAGE=localhost/xgboost-mme:test
+NAME=mme-test-$$
+HOST_CA=/etc/ssl/certs/ca-certificates.crt
+
+failures=0
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+die() { echo "FAIL: $*"; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------------------
+missing=()
+for pkg in podman runc debootstrap uidmap; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "install as root first: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+pass "tools: podman runc debootstrap uidmap"
+
+# --- all podman state lives in WORK, so cleanup (system reset) touches nothing else; overlay needs a disk fs ---
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mme-container-test.XXXXXX")
+export CONTAINERS_STORAGE_CONF=$WORK/storage.conf CONTAINERS_CONF=$WORK/containers.conf
+cleanup() {
+    podman system reset --force >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+[[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "$WORK is on tmpfs: set TMPDIR to a folder on disk"
+
+# crun refuses hybrid cgroups; podman's default rlimits need CAP_SYS_RESOURCE, so ask for what we have.
+nofile=$(ulimit -Hn)
+nproc=$(ulimit -Hu)
+pid_max=$(cat /proc/sys/kernel/pid_max)
+[[ $nproc == unlimited || $nproc -gt $pid_max ]] && nproc=$pid_max
+cat >"$WORK/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$WORK/storage"
+runroot = "$WORK/run"
+EOF
+cat >"$WORK/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[network]
+network_config_dir = "$WORK/networks"
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+tmp_dir = "$WORK/tmp"
+EOF
+
+# --- base image: debootstrap once, then reuse the cached archive ---------------------------------------
+if [[ ! -s $BASE_ARCHIVE ]]; then
+    mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
+        bookworm "$WORK/rootfs" "${mirror:-http://deb.debian.org/debian}" >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -20 "$WORK/debootstrap.log"; die "debootstrap"; }
+    rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb
+    tar -C "$WORK/rootfs" -c . | podman import -q --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+    rm -rf "$WORK/rootfs"
+    mkdir -p "$CACHE"
+    podman save -q --format oci-archive -o "$BASE_ARCHIVE.part" "$BASE"
+    mv "$BASE_ARCHIVE.part" "$BASE_ARCHIVE"
+    pass "base image made with debootstrap, cached at $BASE_ARCHIVE"
+else
+    podman load -q -i "$BASE_ARCHIVE" >/dev/null || die "load cached base image (delete $BASE_ARCHIVE to remake)"
+    # An oci-archive has no repository name of its own: tag whatever was loaded.
+    podman tag "$(podman images -q | head -1)" "$BASE"
+    pass "base image loaded from $BASE_ARCHIVE"
+fi
+
+# --- build: docker format keeps HEALTHCHECK; the host CA is mounted for pip, never copied in ---------
+podman build -q --format docker --network=host \
+    -v "$HOST_CA:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt \
+    --build-arg BASE_IMAGE="$BASE" -f container/Dockerfile -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
+    || { tail -30 "$WORK/build.log"; die "podman build"; }
+pass "image built: $IMAGE"
+
+label() { podman image inspect --format "{{index .Config.Labels \"$1\"}}" "$IMAGE"; }
+if [[ $(label com.amazonaws.sagemaker.capabilities.multi-models) == true &&
+      $(label com.amazonaws.sagemaker.capabilities.accept-bind-to-port) == true ]]; then
+    pass "SageMaker capability labels"
+else
+    fail "SageMaker capability labels"
+fi
+
+# --- a tiny model and its training data, made on the host with the project's venv --------------------
+"$VENV/mme" train --locations Chicago_IL --houses 200 --data "$WORK/data" --out "$WORK/models" \
+    >"$WORK/train.log" 2>&1 || { tail -20 "$WORK/train.log"; die "mme train on the host"; }
+[[ -s $WORK/models/Chicago_IL.tar.gz ]] || die "mme train wrote no $WORK/models/Chicago_IL.tar.gz"
+mkdir -p "$WORK/opt-ml/models/chicago/model"
+tar -xzf "$WORK/models/Chicago_IL.tar.gz" -C "$WORK/opt-ml/models/chicago/model"
+chmod -R a+rX "$WORK/opt-ml"
+# A held-out house without its label (the first column) is a request the model was made for.
+row=$(head -1 "$WORK/data/Chicago_IL/test/Chicago_IL_test.csv" | cut -d, -f2-)
+
+# podman schedules HEALTHCHECK runs with systemd timers; without systemd it logs an error per container
+# (harmless: `podman healthcheck run` still works). Drop just that noise.
+pod() { podman "$@" 2> >(grep -v 'unable to get systemd connection' >&2); }
+
+# --- serve ---------------------------------------------------------------------------------------------
+free_port() { "$VENV/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# http METHOD PATH [curl args...] -> prints the status code; the body is in $WORK/body.
+http() {
+    local method=$1 path=$2
+    shift 2
+    curl -s -o "$WORK/body" -w '%{http_code}' -X "$method" "http://127.0.0.1:$port$path" "$@" || true
+}
+
+wait_ready() {
+    for _ in $(seq 120); do
+        [[ $(http GET /ping) == 200 ]] && return 0
+        [[ $(podman inspect --format '{{.State.Running}}' "$1") == true ]] || break
+        sleep 0.5
+    done
+    podman logs "$1" 2>&1 | tail -20
+    return 1
+}
+
+expect() {  # expect WHAT CODE METHOD PATH [curl args...]
+    local what=$1 want=$2 got
+    shift 2
+    got=$(http "$@")
+    if [[ $got == "$want" ]]; then pass "$what ($got)"; else fail "$what: want $want, got $got: $(head -c 300 "$WORK/body")"; fi
+}
+
+# stop_check NAME: SIGTERM, as SageMaker sends it, must end the server cleanly before the 30 s SIGKILL.
+stop_check() {
+    local started elapsed code
+    started=$(date +%s)
+    pod stop -t 30 "$1" >/dev/null
+    elapsed=$(($(date +%s) - started))
+    code=$(podman inspect --format '{{.State.ExitCode}}' "$1")
+    if [[ $code == 0 ]]; then pass "$2: SIGTERM -> exit 0 after ${elapsed}s"; else fail "$2: SIGTERM -> exit $code after ${elapsed}s"; fi
+    podman logs "$1" >"$WORK/$1.log" 2>&1
+    pod rm -f "$1" >/dev/null
+}
+
+contract() {  # the model routes against the running server
+    local who=$1
+    expect "$who: GET /ping" 200 GET /ping
+    expect "$who: POST /models loads chicago" 200 POST /models -H 'Content-Type: application/json' \
+        -d '{"model_name": "chicago", "url": "/opt/ml/models/chicago/model"}'
+    expect "$who: GET /models" 200 GET /models
+    if grep -q '"chicago"' "$WORK/body"; then pass "$who: GET /models lists chicago"; else fail "$who: GET /models lists chicago: $(cat "$WORK/body")"; fi
+    expect "$who: GET /models/chicago" 200 GET /models/chicago
+    expect "$who: invoke text/csv" 200 POST /models/chicago/invoke -H 'Content-Type: text/csv' --data-binary "$row"
+    if grep -Eq '^[[:space:]]*\[?[-+0-9.eE]+' "$WORK/body"; then pass "$who: prediction is a number: $(head -c 40 "$WORK/body")"; else fail "$who: prediction is a number: $(head -c 300 "$WORK/body")"; fi
+    expect "$who: DELETE /models/chicago" 200 DELETE /models/chicago
+    expect "$who: invoke after unload" 404 POST /models/chicago/invoke -H 'Content-Type: text/csv' --data-binary "$row"
+}
+
+# As root, with --init as the NOTES recipe runs it; `serve` is the command SageMaker passes.
+port=$(free_port)
+pod run -d -q --init --name "$NAME-root" --network=host -e SAGEMAKER_BIND_TO_PORT="$port" \
+    -v "$WORK/opt-ml/models:/opt/ml/models:ro" "$IMAGE" serve --host 127.0.0.1 >/dev/null
+if wait_ready "$NAME-root"; then
+    pass "root: serve answers /ping on port $port"
+    contract root
+    if podman healthcheck run "$NAME-root" >/dev/null 2>&1; then pass "root: HEALTHCHECK"; else fail "root: HEALTHCHECK"; fi
+else
+    fail "root: serve answers /ping on port $port"
+fi
+stop_check "$NAME-root" root
+
+# As uid 1000 and without --init, exactly like SageMaker's `docker run IMAGE serve`: PID 1 is the server.
+port=$(free_port)
+pod run -d -q --user 1000 --name "$NAME-user" --network=host -e SAGEMAKER_BIND_TO_PORT="$port" \
+    -v "$WORK/opt-ml/models:/opt/ml/models:ro" "$IMAGE" serve --host 127.0.0.1 >/dev/null
+if wait_ready "$NAME-user"; then
+    pass "uid 1000: serve answers /ping on port $port"
+    contract "uid 1000"
+else
+    fail "uid 1000: serve answers /ping on port $port"
+fi
+stop_check "$NAME-user" "uid 1000, no --init"
+
+# --- train: SageMaker's training layout under /opt/ml ----------------------------------------------------
+input=$WORK/opt-ml/input
+mkdir -p "$input/config" "$input/data/train" "$input/data/validation" "$WORK/opt-ml/model" "$WORK/opt-ml/output"
+cp "$WORK"/data/Chicago_IL/train/*.csv "$input/data/train/"
+cp "$WORK"/data/Chicago_IL/val/*.csv "$input/data/validation/"
+echo '{"num_round": "5", "max_depth": "3"}' >"$input/config/hyperparameters.json"
+if pod run --rm --name "$NAME-train" --network=host \
+    -v "$input:/opt/ml/input:ro" -v "$WORK/opt-ml/model:/opt/ml/model" -v "$WORK/opt-ml/output:/opt/ml/output" \
+    "$IMAGE" train >"$WORK/train-job.log" 2>&1 && [[ -s $WORK/opt-ml/model/xgboost-model ]]; then
+    pass "train: /opt/ml/model/xgboost-model written"
+else
+    tail -20 "$WORK/train-job.log"
+    fail "train: /opt/ml/model/xgboost-model written"
+fi
+
+if ((failures)); then
+    echo "FAIL: container-test, $failures check(s) failed"
+    exit 1
+fi
+echo "PASS: container-test"
