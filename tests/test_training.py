@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -54,10 +56,21 @@ def trained(tmp_path_factory) -> tuple[Path, Path, str]:
 
 
 def test_same_seed_writes_identical_files_and_another_seed_differs(tmp_path):
-    runs = {}
-    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        paths = data.write_location(tmp_path / name, "Phoenix_AZ", HOUSES, seed)
-        runs[name] = [paths[channel].read_bytes() for channel in data.CHANNELS]
+    # One run in a fresh interpreter: it salts str hashes differently, so hash()-based seeds would differ.
+    script = "import sys; from pathlib import Path; from training import data; "
+    script += "data.write_location(Path(sys.argv[1]), 'Phoenix_AZ', 200, 7)"
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "a")], check=True, cwd=Path(__file__).parent.parent
+    )
+    data.write_location(tmp_path / "b", "Phoenix_AZ", HOUSES, 7)
+    data.write_location(tmp_path / "c", "Phoenix_AZ", HOUSES, 8)
+    runs = {
+        name: [
+            data.channel_file(tmp_path / name, "Phoenix_AZ", channel).read_bytes()
+            for channel in data.CHANNELS
+        ]
+        for name in "abc"
+    }
     assert runs["a"] == runs["b"]
     assert all(a != c for a, c in zip(runs["a"], runs["c"], strict=True))
 
@@ -180,6 +193,16 @@ def test_bad_argument_is_one_line_naming_it(capsys, tmp_path, argv, names):
     code, _, err = run_train(capsys, *argv, "--data", str(tmp_path / "d"), "--out", str(tmp_path / "m"))
     assert_one_line_error(code, err, *names)
     assert not list(tmp_path.rglob("*.tar.gz"))
+
+
+def test_hyperparameter_xgboost_rejects_in_a_worker_is_one_line(capsys, tmp_path):
+    code, _, err = run_train(
+        capsys,
+        *("--locations", "Dallas_TX", "--houses", str(HOUSES), "--hp", "subsample=3"),
+        *("--data", str(tmp_path / "d"), "--out", str(tmp_path / "m")),
+    )
+    assert_one_line_error(code, err, "subsample")
+    assert list((tmp_path / "m").iterdir()) == []
 
 
 def test_unwritable_out_is_one_line_and_writes_no_artifact(capsys, tmp_path):

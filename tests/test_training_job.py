@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xgboost as xgb
 
@@ -81,6 +82,21 @@ def test_job_writes_model_and_metrics_from_the_default_layout(capsys, root):
     assert metrics["rounds"] == booster.num_boosted_rounds()
     assert "validation-rmse" in out  # per-round log lines, which SageMaker metric definitions scrape
     assert not (root / "output" / "failure").exists()
+
+
+def test_early_stopping_keeps_the_best_round_only(capsys, root):
+    write_hyperparameters(root, {"num_round": "200", "eta": "1", "gamma": "0", "early_stopping_rounds": "2"})
+    code, _, err = run_job(capsys, root)
+    assert code == 0, err
+    booster = load_model(root / "model" / "xgboost-model")
+    validation = data.read_channel(root / "input" / "data" / "validation", "validation")
+    dmatrix = xgb.DMatrix(validation.features)
+    rmse = [
+        float(np.sqrt(np.mean((booster.predict(dmatrix, iteration_range=(0, k)) - validation.labels) ** 2)))
+        for k in range(1, booster.num_boosted_rounds() + 1)
+    ]
+    assert len(rmse) < 200
+    assert rmse[-1] == min(rmse)
 
 
 def test_job_reads_every_csv_of_a_channel_and_runs_without_validation(capsys, root):
