@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "undeploy": "serve.commands.undeploy",
     "invoke": "serve.commands.invoke",
     "demo": "serve.commands.demo",
+    "add": "serve.commands.add",
+    "ls": "serve.commands.ls",
 }
 
 

@@ -27,7 +27,7 @@ from serve.source import (
     Version,
     validate_name,
 )
-from serve.unpack import open_archive
+from serve.unpack import MAX_MEMBERS, MAX_UNPACKED_BYTES, open_archive
 
 MARKER = ".mme-disk-cache"
 
@@ -46,8 +46,8 @@ class DiskCache:
         budget_bytes: int,
         source: ModelSource,
         *,
-        max_unpacked_bytes: int = 1 << 30,
-        max_members: int = 1000,
+        max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+        max_members: int = MAX_MEMBERS,
     ) -> None:
         self.root = root
         self.budget = budget_bytes

@@ -231,6 +231,7 @@ class S3Source:
     @contextmanager
     def _errors(self, name: str | None = None) -> Iterator[None]:
         """Map boto's failures to ours: missing -> ModelNotFound, anything else -> SourceUnavailable."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
         from urllib3.exceptions import HTTPError
 
@@ -241,6 +242,8 @@ class S3Source:
             if name is not None and code in ("404", "NoSuchKey", "NotFound"):
                 raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
             raise SourceUnavailable(f"{self.describe()} answered {code or 'an error'}: {exc}") from exc
+        except S3UploadFailedError as exc:
+            raise SourceUnavailable(f"upload to {self.describe()} failed: {exc}") from exc
         except (BotoCoreError, HTTPError) as exc:
             raise SourceUnavailable(f"{self.describe()} is unreachable: {exc}") from exc
 

@@ -17,6 +17,10 @@ from pathlib import Path, PurePosixPath
 
 from serve.source import BadArtifact
 
+# Defaults for artifacts we accept: generous for XGBoost models, small enough to stop a decompression bomb.
+MAX_UNPACKED_BYTES = 1 << 30
+MAX_MEMBERS = 1000
+
 # Python builds before 3.11.4 lack extraction filters; the explicit checks below stand on their own.
 _FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
