@@ -182,8 +182,8 @@ class DeploySpec:
             )
         if not S3_PREFIX.fullmatch(self.model_data_prefix):
             raise CommandError(
-                f"--model-data-prefix {self.model_data_prefix!r} must be an S3 prefix ending in '/', "
-                "e.g. s3://my-bucket/models/"
+                f"--model-data-prefix {self.model_data_prefix!r} must be an S3 prefix like "
+                "s3://my-bucket/models/ (a valid bucket name, ending in '/')"
             )
         if not SAGEMAKER_NAME.fullmatch(self.endpoint_name):
             raise CommandError(
@@ -379,6 +379,8 @@ def deploy(
         if current:
             delete_replaced(sm, old_config, keep=new_name, log=log)
         if spec.autoscale:
+            if not current:
+                created.append(("autoscaling of endpoint", name))
             apply_autoscaling(aas, name, spec.autoscale)
             log(
                 f"autoscaling {spec.autoscale.min_capacity}-{spec.autoscale.max_capacity} instances at "
@@ -402,6 +404,7 @@ def deploy(
 def roll_back(sm: Any, aas: Any, created: list[tuple[str, str]]) -> str:
     """Delete what a failed deploy created, newest first; a summary for the error line."""
     deletes = {
+        "autoscaling of endpoint": lambda item: remove_autoscaling(aas, item),
         "endpoint": lambda item: sm.delete_endpoint(EndpointName=item),
         "endpoint config": lambda item: sm.delete_endpoint_config(EndpointConfigName=item),
         "model": lambda item: sm.delete_model(ModelName=item),
@@ -409,8 +412,6 @@ def roll_back(sm: Any, aas: Any, created: list[tuple[str, str]]) -> str:
     done, failed = [], []
     for kind, item in reversed(created):
         try:
-            if kind == "endpoint":
-                remove_autoscaling(aas, item)
             deletes[kind](item)
             done.append(f"{kind} {item}")
         except (BotoCoreError, ClientError) as exc:
