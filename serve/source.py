@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from training.upload import parse_s3_url
+from serve.s3 import parse_s3_url, s3_client
 
 MAX_NAME_BYTES = 1024  # S3's own key limit
 SUFFIX = ".tar.gz"
@@ -197,23 +197,6 @@ def _folder_version(st: os.stat_result) -> Version:
     return Version(f"{st.st_mtime_ns}-{st.st_size}", st.st_size)
 
 
-def s3_client(endpoint_url: str | None = None) -> Any:
-    """One client per source, reused for every call (botocore clients are thread-safe).
-
-    Short timeouts and one retry make a dead store answer 503 within seconds rather than hang requests.
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        connect_timeout=2,
-        read_timeout=10,
-        retries={"max_attempts": 2, "mode": "standard"},
-        max_pool_connections=32,  # ~16 concurrent fetches plus HEADs for revalidation
-    )
-    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
-
-
 class S3Source:
     """Artifacts under an S3 prefix, read with a single shared client."""
 
@@ -297,5 +280,11 @@ def open_source(spec: str, *, s3_endpoint_url: str | None = None) -> ModelSource
             bucket, prefix = parse_s3_url(spec)
         except ValueError as exc:
             raise SourceError(str(exc)) from None
-        return S3Source(bucket, prefix, s3_client(s3_endpoint_url))
+        return S3Source(bucket, prefix, _source_client(s3_endpoint_url))
     return FolderSource(Path(spec))
+
+
+def _source_client(endpoint_url: str | None) -> Any:
+    # Short timeouts make a dead store answer 503 within seconds rather than hang requests; the pool
+    # covers ~16 concurrent fetches plus HEADs for revalidation.
+    return s3_client(endpoint_url, connect_timeout=2, read_timeout=10, pool=32)

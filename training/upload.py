@@ -1,4 +1,4 @@
-"""S3 helpers: a fail-fast client for AWS or any S3-compatible store, URL parsing, uploads with progress."""
+"""Uploads of trained artifacts to S3 or any S3-compatible store, with progress."""
 
 from __future__ import annotations
 
@@ -7,33 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serve.errors import CommandError
+from serve.s3 import parse_s3_url, s3_client
+
+__all__ = ["parse_s3_url", "s3_client", "upload_files"]
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """('bucket', 'prefix/') from 's3://bucket/prefix/'. The prefix is '' or ends with '/', as MME needs."""
-    if not url.startswith("s3://"):
-        raise ValueError(f"not an S3 URL (expected s3://bucket/prefix/): {url!r}")
-    bucket, _, prefix = url.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in S3 URL {url!r}")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    return bucket, prefix
-
-
-def s3_client(endpoint_url: str | None = None) -> Any:
-    """An S3 client that gives up within seconds when the endpoint is unreachable.
-
-    With no endpoint_url, boto3 picks one itself: AWS_ENDPOINT_URL(_S3) if set, else AWS.
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
 def upload_files(client: Any, files: Sequence[Path], bucket: str, prefix: str, console: Console) -> list[str]:
