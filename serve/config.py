@@ -102,7 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--s3-endpoint-url", help="S3-compatible store (env AWS_ENDPOINT_URL)")
     add("--disk-budget", help="bytes of unpacked artifacts kept on disk, e.g. 10GiB (env MME_DISK_BUDGET)")
     add("--cache-dir", help="where fetched artifacts are unpacked (default: a temp folder)")
-    add("--revalidate-after", help="seconds before a resident model's artifact is re-checked; 0 or 'off'")
+    add(
+        "--revalidate-after",
+        help="seconds before a resident model's artifact is checked again (60; 0 = every call, off = never)",
+    )
     add(
         "--ready-timeout", type=float, help="seconds a client waits for a cold load before a 429 (default 60)"
     )
