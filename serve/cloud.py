@@ -107,15 +107,16 @@ def check_repository_name(name: str) -> None:
 
 
 def ensure_repository(ecr: Any, name: str) -> tuple[str, bool]:
-    """The repository's URI, creating the repository when missing; the flag says whether it was created."""
+    """The repository's URI, creating the repository when missing; the flag says whether it was created.
+
+    Looking first means pushing to an existing repository needs no ecr:CreateRepository permission.
+    """
     try:
-        repository = ecr.create_repository(repositoryName=name)["repository"]
-        return repository["repositoryUri"], True
+        return ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"], False
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "RepositoryAlreadyExistsException":
+        if exc.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
             raise
-    repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
-    return repository["repositoryUri"], False
+    return ecr.create_repository(repositoryName=name)["repository"]["repositoryUri"], True
 
 
 def registry_login(ecr: Any) -> tuple[str, str, str]:
