@@ -65,9 +65,12 @@ EOF
 
 # --- base image: debootstrap once, then reuse the cached archive ---------------------------------------
 if [[ ! -s $BASE_ARCHIVE ]]; then
-    mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    # The mirror apt already uses, in either sources format.
+    mirror=$(cat /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list 2>/dev/null \
+        | awk '/^URIs:/{print $2; exit} /^deb /{print $2; exit}')
+    [[ -n $mirror ]] || die "no Debian mirror found in apt's sources"
     debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
-        bookworm "$WORK/rootfs" "${mirror:-http://deb.debian.org/debian}" >"$WORK/debootstrap.log" 2>&1 \
+        bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log"; die "debootstrap"; }
     rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb
     tar -C "$WORK/rootfs" -c . | podman import -q --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null

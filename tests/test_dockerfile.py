@@ -87,8 +87,11 @@ def test_command_is_serve_in_exec_form(parsed) -> None:
     assert json.loads(only(parsed, "CMD")) == ["serve"]
 
 
-def test_exposes_8080(parsed) -> None:
+def test_exposes_8080_on_every_interface(parsed) -> None:
     assert only(parsed, "EXPOSE") == "8080"
+    # The server's own default is loopback, which nothing outside the container can reach.
+    env = dict(pair.split("=", 1) for kw, args in parsed if kw == "ENV" for pair in shlex.split(args))
+    assert env["MME_HOST"] == "0.0.0.0"
 
 
 def healthcheck_command(parsed) -> list[str]:
