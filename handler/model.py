@@ -1,0 +1,183 @@
+"""What the server calls: load_model(model_dir) once, then LoadedModel.invoke per request.
+
+Each of sagemaker-inference-toolkit's four functions is the default from handler/xgboost.py unless the
+model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
+the toolkit does: a parameter named `context`, or one positional parameter more than the usual signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xgboost as xgb
+
+from handler import user_code
+from handler import xgboost as defaults
+from handler.errors import HandlerError, ModelLoadError
+
+# A user's input_fn/output_fn expect a concrete media type where the request named none, as with the toolkit.
+DEFAULT_CONTENT_TYPE = "text/csv"
+DEFAULT_ACCEPT = "application/json"
+
+# The usual signatures, without context.
+_PARAMETERS = {
+    "model_fn": "model_dir",
+    "input_fn": "input_data, content_type",
+    "predict_fn": "data, model",
+    "output_fn": "prediction, accept",
+}
+
+Step = Callable[[Any, Any, "Context"], Any]
+
+
+@dataclass
+class Context:
+    """Passed to user functions that accept a `context` parameter."""
+
+    custom_attributes: str | None
+    target_model: str | None
+
+
+class LoadedModel:
+    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output")
+
+    def __init__(self, model: Any, input_step: Step, predict_step: Step, output_step: Step, size_bytes: int):
+        self.size_bytes = size_bytes  # estimated resident memory of this model
+        self._model = model
+        self._input = input_step
+        self._predict = predict_step
+        self._output = output_step
+
+    def invoke(
+        self, body: bytes, content_type: str | None, accept: str | None, context: Context
+    ) -> tuple[bytes, str]:
+        """input_fn -> predict_fn -> output_fn; returns (response body, response content type).
+
+        Raises HandlerError subclasses; their .status is the HTTP status to answer with.
+        """
+        data = self._input(body, content_type, context)
+        prediction = self._predict(data, self._model, context)
+        return self._output(prediction, accept, context)
+
+
+def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: bool = False) -> LoadedModel:
+    """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model folder {model_dir} does not exist")
+    user = user_code.load_user_functions(model_dir, allowed=allow_user_code)
+    if "model_fn" in user:
+        model = _user_model(user["model_fn"], model_dir)
+    else:
+        model = defaults.model_fn(model_dir, allow_pickle=allow_pickle)
+
+    if isinstance(model, xgb.Booster):
+        # The server runs requests in parallel; a Booster using every core per request would oversubscribe.
+        model.set_param({"nthread": 1})
+        n_features = model.num_features()
+        size_bytes = defaults.size_bytes(model)
+    else:
+        n_features = None  # a user's own model type: its width and size are unknowable, so judge by its files
+        size_bytes = sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file())
+
+    # Each step takes (first, second, context), bound here once so invoke does no per-request dispatch.
+    if "input_fn" in user:
+        user_input = _user_step("input_fn", user["input_fn"])
+        input_step = lambda body, content_type, context: user_input(  # noqa: E731
+            body, content_type or DEFAULT_CONTENT_TYPE, context
+        )
+    else:
+        input_fn = defaults.input_fn
+        input_step = lambda body, content_type, context: input_fn(body, content_type, n_features)  # noqa: E731
+    if "predict_fn" in user:
+        predict_step = _user_step("predict_fn", user["predict_fn"])
+    else:
+        predict_fn = defaults.predict_fn
+        predict_step = lambda data, model, context: predict_fn(data, model)  # noqa: E731
+    if "output_fn" in user:
+        output_step = _user_output_step(_user_step("output_fn", user["output_fn"]))
+    else:
+        output_fn = defaults.output_fn
+        output_step = lambda prediction, accept, context: output_fn(prediction, accept)  # noqa: E731
+    return LoadedModel(model, input_step, predict_step, output_step, size_bytes)
+
+
+def _user_model(model_fn: Callable[..., Any], model_dir: Path) -> Any:
+    # No request yet, so no custom attributes, and MME names the target model only per request.
+    context = Context(custom_attributes=None, target_model=None)
+    style = _context_style(model_fn, "model_fn")
+    try:
+        if style == "keyword":
+            return model_fn(str(model_dir), context=context)
+        if style == "positional":
+            return model_fn(str(model_dir), context)
+        return model_fn(str(model_dir))
+    except HandlerError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"code/inference.py model_fn failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _user_step(name: str, function: Callable[..., Any]) -> Step:
+    """A user function as a step; whatever it raises besides HandlerError becomes one (500) naming it."""
+    style = _context_style(function, name)
+    if style == "keyword":
+        call = lambda first, second, context: function(first, second, context=context)  # noqa: E731
+    elif style == "positional":
+        call = function
+    else:
+        call = lambda first, second, context: function(first, second)  # noqa: E731
+
+    def step(first: Any, second: Any, context: Context) -> Any:
+        try:
+            return call(first, second, context)
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise HandlerError(f"code/inference.py {name} failed: {type(exc).__name__}: {exc}") from exc
+
+    return step
+
+
+def _user_output_step(user_output: Step) -> Step:
+    """A user output_fn may return bytes or str (then typed as the Accept asked) or (body, content type)."""
+
+    def step(prediction: Any, accept: str | None, context: Context) -> tuple[bytes, str]:
+        if not accept or accept.strip() in ("", "*/*"):
+            accept = DEFAULT_ACCEPT
+        result = user_output(prediction, accept, context)
+        body, content_type = result if isinstance(result, tuple) and len(result) == 2 else (result, accept)
+        if isinstance(body, str):
+            body = body.encode()
+        if not isinstance(body, bytes | bytearray | memoryview) or not isinstance(content_type, str):
+            raise HandlerError(
+                f"code/inference.py output_fn returned {type(result).__name__}; "
+                "expected bytes, str or (bytes, content_type)"
+            )
+        return bytes(body), content_type
+
+    return step
+
+
+def _context_style(function: Callable[..., Any], name: str) -> str:
+    """ "keyword" (has a `context` parameter), "positional" (one parameter more than usual) or "plain"."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return "plain"  # no introspectable signature: call it the usual way
+    if any(parameter.name == "context" for parameter in parameters):
+        return "keyword"
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    usual = len(_PARAMETERS[name].split(","))
+    if len(positional) == usual or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return "plain"
+    if len(positional) == usual + 1:
+        return "positional"
+    raise ModelLoadError(
+        f"code/inference.py {name} takes {len(positional)} arguments; "
+        f"expected ({_PARAMETERS[name]}[, context])"
+    )
