@@ -12,17 +12,22 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from prometheus_client import generate_latest
+
 from handler.errors import HandlerError
 from handler.model import Context, LoadedModel, load_model
+from serve import logs
 from serve.cache import CacheError, Entry, Loaded, ModelCache
 from serve.config import ServerConfig
 from serve.endpoint import LocalEndpoint, ModelNotReady, make_endpoint
 from serve.http import HTTPError, Receive, Request, Response, Scope, Send, error_response, json_response
+from serve.metrics import CONTENT_TYPE, Collector, Stats, make_registry
 from serve.runtime import runtime_error
 from serve.source import SourceError
 
@@ -37,6 +42,8 @@ MAX_PAGE_SIZE = 1000
 # Loaded Boosters take about this much more memory than their files (see handler.model).
 ESTIMATE_FACTOR = 1.5
 SINGLE_MODEL_NAME = "model"
+INVOKE_SUFFIXES = ("/invoke", "/invocations")
+DEFAULT_STATUS_LIMIT = 100
 
 
 def _artifact_bytes(folder: Path) -> int:
@@ -87,14 +94,46 @@ class App:
         if config.models:
             self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
             self.endpoint = make_endpoint(config, self.cache, self.load_pool, self._cache_dir)
+        self.stats = Stats()
+        self.cache.listeners += [self.stats.on_model_event, logs.model_event]
+        disk = self.endpoint.disk if self.endpoint is not None else None
+        self.registry = make_registry(Collector(self.stats, self.cache, disk, config.metrics_top_models))
 
     # --- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            response = await self.handle(Request.from_scope(scope, receive))
-            await response(send)
+            started = time.perf_counter()
+            stats = self.stats
+            request = Request.from_scope(scope, receive)
+            stats.in_flight += 1
+            try:
+                response = await self.handle(request)
+                await response(send)
+            finally:
+                stats.in_flight -= 1
+            seconds = time.perf_counter() - started
+            status = response.status
+            if status >= 400:
+                stats.errors[status] = stats.errors.get(status, 0) + 1
+            if request.method == "POST" and request.path.endswith(INVOKE_SUFFIXES):
+                stats.invocations += 1
+                stats.invoke_latency.observe(seconds)
+            logs.access(request, _target(request), status, seconds, len(response.body))
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    def drain(self, signal_name: str) -> None:
+        """Turn /ping red before the server stops accepting, so health checks see it leave."""
+        if not self.draining:
+            self.draining = True
+            logs.event(
+                log,
+                logging.INFO,
+                "draining",
+                signal=signal_name,
+                in_flight=self.stats.in_flight,
+                timeout_s=self.config.timeout_s,
+            )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -153,6 +192,12 @@ class App:
         match parts:
             case ["ping"]:
                 return self._allow(method, "GET", "HEAD") or self.ping()
+            case ["metrics"]:
+                return self._allow(method, "GET") or Response(
+                    200, generate_latest(self.registry), CONTENT_TYPE
+                )
+            case ["status"]:
+                return self._allow(method, "GET") or self.status(request)
             case ["models"]:
                 if method == "POST":
                     return await self.load_model(request)
@@ -203,7 +248,30 @@ class App:
         entry = self.cache.get(name)
         if entry is None:
             raise HTTPError(404, f"model {name!r} is not loaded")
-        return json_response(entry.describe())
+        return json_response(self._describe(entry))
+
+    def _describe(self, entry: Entry) -> dict[str, Any]:
+        return {**entry.describe(), "loads": self.stats.loads.get(entry.name, 0)}
+
+    def status(self, request: Request) -> Response:
+        """What `mme status` shows: the most recently used models and the server's totals."""
+        limit_raw = request.query.get("limit", str(DEFAULT_STATUS_LIMIT))
+        if not limit_raw.isdigit():
+            raise HTTPError(400, f"limit must be a non-negative integer, got {limit_raw!r}")
+        cache, stats, disk = self.cache, self.stats, self.endpoint.disk if self.endpoint else None
+        totals = {
+            "models": len(cache),
+            "memoryUsedBytes": cache.used_bytes,
+            "memoryBudgetBytes": cache.budget,
+            "diskUsedBytes": disk.used_bytes() if disk else None,
+            "diskBudgetBytes": disk.budget if disk else None,
+            "invocations": stats.invocations,
+            "cacheHits": stats.cache_hits,
+            "cacheMisses": stats.cache_misses,
+            "inFlight": stats.in_flight,
+        }
+        models = [self._describe(e) for e in cache.entries()[: int(limit_raw)]]
+        return json_response({"models": models, "totals": totals})
 
     async def load_model(self, request: Request) -> Response:
         body = await request.json(self.config.max_body)
@@ -216,9 +284,7 @@ class App:
         folder = self._confine(url)
         if name in self.cache and not self.cache.is_loading(name):
             raise HTTPError(409, f"model {name!r} is already loaded")
-        target = request.headers.get(TARGET_MODEL)
         entry = await self._load_folder(name, folder, url=url)
-        log.info("loaded %s (%s) from %s: %d bytes", name, target or "-", url, entry.size)
         return json_response({"status": f"model {name!r} loaded", "modelName": name, "sizeBytes": entry.size})
 
     def _confine(self, url: str) -> Path:
@@ -247,10 +313,11 @@ class App:
 
     async def unload_model(self, name: str) -> Response:
         await self.cache.unload(name)
-        log.info("unloaded %s", name)
         return json_response({"status": f"model {name!r} unloaded"})
 
     async def invoke(self, request: Request, name: str) -> Response:
+        # Here SageMaker loads the models: a model it has not loaded is a miss it answers with a load.
+        self._count_hit(name in self.cache)
         body = await request.body(self.config.max_body)
         with self.cache.lease(name) as entry:
             return await self._predict(request, entry.model, body, request.headers.get(TARGET_MODEL))
@@ -279,12 +346,17 @@ class App:
             return runtime_error(
                 400, "ValidationError", "TargetModel (X-Amzn-SageMaker-Target-Model) is required"
             )
+        resident = name in self.cache
+        self._count_hit(resident)
         try:
             body = await request.body(self.config.max_body)
+            waiting = time.perf_counter()
             for _ in range(3):  # another cold load may evict this model between its load and our lease
                 await self.endpoint.ensure(name)
                 if name in self.cache:
-                    with self.cache.lease(name) as entry:
+                    if not resident:
+                        self.stats.load_wait.observe(time.perf_counter() - waiting)
+                    with self.cache.lease(name, miss=not resident) as entry:
                         response = await self._predict(request, entry.model, body, name)
                     response.headers.append((b"x-amzn-invoked-production-variant", b"AllTraffic"))
                     return response
@@ -304,6 +376,12 @@ class App:
         except (HandlerError, CacheError) as exc:
             return runtime_error(424, "ModelError", str(exc), original_status=exc.status)
 
+    def _count_hit(self, resident: bool) -> None:
+        if resident:
+            self.stats.cache_hits += 1
+        else:
+            self.stats.cache_misses += 1
+
     async def _predict(
         self, request: Request, model: LoadedModel, body: bytes, target: str | None
     ) -> Response:
@@ -322,6 +400,14 @@ class App:
                 raise HTTPError(504, f"prediction took longer than {self.config.timeout_s:g} s") from None
         extra = [(CUSTOM_ATTRIBUTES.encode(), attributes.encode("latin-1"))] if attributes else []
         return Response(200, payload, media_type, extra)
+
+
+def _target(request: Request) -> str | None:
+    """The model a request is about, for its log line."""
+    name = request.headers.get(TARGET_MODEL)
+    if name is None and request.path.startswith("/models/"):
+        name = request.path.split("/", 3)[2]
+    return name
 
 
 def _has_files(folder: Path) -> bool:

@@ -10,12 +10,17 @@ import asyncio
 import ctypes
 import ctypes.util
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+# Per-model latency percentiles come from this many most recent invocations: a fixed ring, so the
+# cost per call is one store and the memory per model is 1 KiB.
+LATENCY_RING = 128
 
 
 class CacheError(Exception):
@@ -49,10 +54,24 @@ class Entry:
     last_used: float = field(default_factory=time.time)
     checked_at: float = field(default_factory=time.monotonic)
     invocations: int = 0
+    misses: int = 0  # invocations that waited for this copy's load
     inflight: int = 0
     drained: asyncio.Event | None = None
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+
+    def record(self, seconds: float) -> None:
+        if len(self.latencies) < LATENCY_RING:
+            self.latencies.append(seconds)
+        else:
+            self.latencies[self.invocations % LATENCY_RING] = seconds
+
+    def p50(self) -> float | None:
+        if not self.latencies:
+            return None
+        return sorted(self.latencies)[len(self.latencies) // 2]
 
     def describe(self) -> dict[str, Any]:
+        p50 = self.p50()
         return {
             "modelName": self.name,
             "modelUrl": self.url,
@@ -60,6 +79,9 @@ class Entry:
             "loadedAt": self.loaded_at,
             "lastUsed": self.last_used,
             "invocations": self.invocations,
+            "misses": self.misses,
+            "hitRatio": 1 - self.misses / self.invocations if self.invocations else None,
+            "p50Ms": None if p50 is None else p50 * 1000,
             "inFlight": self.inflight,
         }
 
@@ -71,6 +93,7 @@ class Loaded:
     model: Any
     size: int
     version: Any = None
+    fetch_seconds: float | None = None  # of the load, the time spent getting the artifact onto disk
 
 
 Loader = Callable[[], Loaded]
@@ -135,17 +158,25 @@ class ModelCache:
 
     # --- using ---------------------------------------------------------------------------------
     @contextmanager
-    def lease(self, name: str) -> Iterator[Entry]:
-        """Hold a model for one invocation; an unload waits until every lease is returned."""
+    def lease(self, name: str, *, miss: bool = False) -> Iterator[Entry]:
+        """Hold a model for one invocation; an unload waits until every lease is returned.
+
+        `miss` says the invocation had to wait for this load; the lease's duration is recorded as the
+        invocation's latency on the model.
+        """
         entry = self._entries.get(name)
         if entry is None:
             raise NotLoaded(f"model {name!r} is not loaded")
         self._entries.move_to_end(name)
+        started = time.perf_counter()
         entry.last_used = time.time()
         entry.inflight += 1
+        if miss:
+            entry.misses += 1
         try:
             yield entry
         finally:
+            entry.record(time.perf_counter() - started)
             entry.inflight -= 1
             entry.invocations += 1
             if entry.inflight == 0 and entry.drained is not None:
@@ -195,7 +226,9 @@ class ModelCache:
         finally:
             self._reserved -= estimate
         if loaded.size > self.budget:
-            raise DoesNotFit(f"model {name!r} takes {loaded.size} bytes; the whole budget is {self.budget}")
+            error = f"model {name!r} takes {loaded.size} bytes; the whole budget is {self.budget}"
+            self._emit(name, "load_failed", {"error": error})
+            raise DoesNotFit(error)
         # The measured size may exceed the estimate: make room again, now for the real number.
         self._make_room(loaded.size, keep=name)
         if previous is not None and self._entries.get(name) is previous:
@@ -204,17 +237,22 @@ class ModelCache:
         self._entries[name] = entry
         self._used += entry.size
         event = "reload" if previous is not None else "load"
-        self._emit(name, event, {"bytes": entry.size, "seconds": time.monotonic() - started})
+        fetch = loaded.fetch_seconds
+        seconds = time.monotonic() - started - (fetch or 0.0)
+        self._emit(name, event, {"bytes": entry.size, "seconds": seconds, "fetch_seconds": fetch, "url": url})
         return entry
 
     def _make_room(self, need: int, keep: str) -> None:
-        def full() -> bool:
-            over_bytes = self._used + self._reserved + need > self.budget
+        def full() -> str | None:
+            """Why there is no room, or None."""
+            if self._used + self._reserved + need > self.budget:
+                return "memory_budget"
             count = len(self._entries) + len(self._loading) - (keep in self._entries)
-            over_count = self.max_models is not None and count > self.max_models
-            return over_bytes or over_count
+            if self.max_models is not None and count > self.max_models:
+                return "max_models"
+            return None
 
-        while full():
+        while reason := full():
             victim = next((n for n in self._entries if n != keep), None)
             if self.eviction == "reject" or victim is None:
                 raise DoesNotFit(
@@ -223,7 +261,7 @@ class ModelCache:
                     + (f" (at most {self.max_models})" if self.max_models else "")
                 )
             self._remove(victim)
-            self._emit(victim, "evict", {"reason": "lru"})
+            self._emit(victim, "evict", {"reason": reason})
 
     # --- unloading -----------------------------------------------------------------------------
     def _remove(self, name: str) -> Entry:
@@ -235,13 +273,14 @@ class ModelCache:
         """Forget `name` at once (no new leases), then wait for its in-flight calls before returning."""
         if name not in self._entries:
             raise NotLoaded(f"model {name!r} is not loaded")
+        started = time.monotonic()
         entry = self._remove(name)
         if entry.inflight:
             entry.drained = asyncio.Event()
             await entry.drained.wait()
         entry.model = None
         await asyncio.get_running_loop().run_in_executor(self._executor, _release_free_memory)
-        self._emit(name, "unload", {"bytes": entry.size})
+        self._emit(name, "unload", {"bytes": entry.size, "seconds": time.monotonic() - started})
         return entry
 
     def _emit(self, name: str, event: str, details: dict[str, Any]) -> None:

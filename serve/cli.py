@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "demo": "serve.commands.demo",
     "add": "serve.commands.add",
     "ls": "serve.commands.ls",
+    "status": "serve.commands.status",
     "convert": "handler.convert",
 }
 

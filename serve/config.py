@@ -78,6 +78,7 @@ class ServerConfig:
     preload: tuple[str, ...] = field(default_factory=tuple)
     log_format: str = "text"
     log_level: str = "info"
+    metrics_top_models: int = 20
 
     def describe(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -112,6 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--preload", help="NAME,NAME,... or @file of names to load before /ping turns green")
     add("--log-format", choices=["text", "json"], help="access and event log format (env MME_LOG_FORMAT)")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="(env MME_LOG_LEVEL)")
+    add(
+        "--metrics-top-models",
+        type=int,
+        help="models with own /metrics series; the rest sum up as _other (env MME_METRICS_TOP_MODELS; 20)",
+    )
 
 
 def _preload_names(spec: str | None) -> tuple[str, ...]:
@@ -201,6 +207,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         preload=_preload_names(pick("preload", "MME_PRELOAD")),
         log_format=pick("log_format", "MME_LOG_FORMAT") or "text",
         log_level=pick("log_level", "MME_LOG_LEVEL") or "info",
+        metrics_top_models=convert("metrics_top_models", ("MME_METRICS_TOP_MODELS",), positive_int, 20),
     )
     if config.eviction not in {"lru", "reject"}:
         raise CommandError(f"MME_EVICTION={config.eviction!r}: must be lru or reject")

@@ -82,11 +82,13 @@ class LocalEndpoint:
         config = self.config
 
         def loader() -> Loaded:
+            started = time.monotonic()
             folder, version = self.disk.materialize(name)
+            fetched = time.monotonic() - started
             model = load_model(
                 folder, allow_pickle=config.allow_pickle, allow_user_code=config.allow_user_code
             )
-            return Loaded(model, model.size_bytes, version)
+            return Loaded(model, model.size_bytes, version, fetch_seconds=fetched)
 
         resident = len(self.cache)
         estimate = self.cache.used_bytes // resident if resident else FIRST_ESTIMATE

@@ -15,25 +15,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    import signal
+    from types import FrameType
 
     import uvicorn
 
+    from serve import logs
     from serve.app import App
 
     config = server_config.from_args(args)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(config.log_format, config.log_level)
+    logs.event(logging.getLogger("mme"), logging.INFO, "config", **config.describe())
     app = App(config)
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=int(config.timeout_s),
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn's own handler also re-raises the signal once shut down, which would end the
+            # process killed by SIGTERM; a drained stop is a clean exit, so only its flags are kept.
+            app.drain(signal.Signals(sig).name)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,  # serve.logs writes the access lines
+            log_config=None,  # uvicorn's loggers propagate to the handler logs.setup installed
+            log_level=config.log_level,
+            timeout_graceful_shutdown=config.timeout_s,  # type: ignore[arg-type]  # a float works
+        )
     )
-    return 0
+    server.run()
+    return 0 if server.started else 1

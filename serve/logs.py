@@ -1,0 +1,101 @@
+"""Log lines as text or JSON: one per request, one per model event, uvicorn's own through the same format.
+
+A structured line is a record whose message is the event's name and whose `fields` extra holds the
+rest; JSON writes them as one object per line, text as `key=value` pairs after the event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from serve.http import Request
+
+ACCESS = logging.getLogger("mme.access")
+EVENTS = logging.getLogger("mme.models")
+# Health checks and scrapes arrive every few seconds and say nothing; --log-level debug shows them.
+QUIET_PATHS = frozenset({"/ping", "/metrics"})
+_PLAIN = re.compile(r"[^\s\"=\\]+")
+
+
+def _timestamp(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if fields is not None:
+            line["event"] = record.msg
+            line.update(fields)
+        else:
+            line["msg"] = record.getMessage()
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{_timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if fields:
+            text += "".join(f" {key}={_text_value(value)}" for key, value in fields.items())
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _text_value(value: Any) -> str:
+    text = value if isinstance(value, str) else f"{value:.3f}" if isinstance(value, float) else str(value)
+    # Quoted and escaped unless plain, so a path or an error message can never break the line apart.
+    return text if _PLAIN.fullmatch(text) else orjson.dumps(text).decode()
+
+
+def setup(log_format: str, level: str) -> None:
+    """Send every logger, uvicorn's included, through one stderr handler in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
+    logger.log(level, name, extra={"fields": fields})
+
+
+def access(request: Request, model: str | None, status: int, seconds: float, bytes_out: int) -> None:
+    """One line per request; never the body."""
+    path = request.path
+    level = logging.DEBUG if path in QUIET_PATHS else logging.WARNING if status >= 500 else logging.INFO
+    if not ACCESS.isEnabledFor(level):
+        return
+    fields = {
+        "method": request.method,
+        "path": path,
+        "model": model,
+        "status": status,
+        "ms": round(seconds * 1000, 3),
+        "bytes_in": int(request.headers.get("content-length") or 0),
+        "bytes_out": bytes_out,
+    }
+    ACCESS.log(level, "request", extra={"fields": fields})
+
+
+def model_event(name: str, event_name: str, details: dict[str, Any]) -> None:
+    """A model cache listener: load, reload, evict, unload and load_failed, each on one line."""
+    level = logging.WARNING if event_name == "load_failed" else logging.INFO
+    if EVENTS.isEnabledFor(level):
+        EVENTS.log(level, event_name, extra={"fields": {"model": name, **details}})
