@@ -9,6 +9,7 @@ import io
 import pickle
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def model_fn(model_dir: Path, *, allow_pickle: bool = False) -> xgb.Booster:
         names = [entry.name for entry in model_dir.iterdir() if entry.is_file()]
     except OSError as exc:
         raise ModelLoadError(f"cannot read model folder {model_dir}: {exc.strerror}") from None
-    path = model_dir / find_artifact(names, model_dir.name)
+    path = model_dir / find_artifact(names, f"model folder {model_dir.name!r}")
     return booster_from_bytes(path.read_bytes(), allow_pickle=allow_pickle, source=path.name)
 
 
@@ -124,7 +125,11 @@ def size_bytes(booster: xgb.Booster) -> int:
     to 2.3 MB of UBJSON (1-1000 trees, depth 1-8) fits 2 KiB + 1.17 x UBJSON size within -17%..+20%; the
     rounder 3 KiB + 1.25 x errs towards overestimating (-11%..+29%), which is safer for a memory budget.
     """
-    return 3 * 1024 + int(1.25 * len(booster.save_raw("ubj")))
+    # XGBoost keeps the last buffer a C-API call returned in a thread-local cache for as long as the Booster
+    # lives, which would double the model's memory; serialising on a short-lived thread frees it as it ends.
+    with ThreadPoolExecutor(max_workers=1) as serialiser:
+        ubjson_size = serialiser.submit(lambda: len(booster.save_raw("ubj"))).result()
+    return 3 * 1024 + int(1.25 * ubjson_size)
 
 
 def _unpickle(data: bytes, source: str) -> xgb.Booster:
