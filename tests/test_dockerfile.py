@@ -12,10 +12,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_for_port
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from tests.conftest import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "container"

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
+from conftest import free_port
 
 from serve.cli import main
 from serve.errors import CommandError
-from tests.conftest import free_port
 from training import data, package, train, upload
 
 HOUSES = 200
