@@ -68,6 +68,18 @@ def test_one_row(content_type: str, body: bytes) -> None:
     np.testing.assert_array_equal(decode(body, content_type, n_features=6), ROWS[:1])
 
 
+def test_many_csv_rows_and_where_one_goes_wrong() -> None:
+    rows = np.random.default_rng(0).random((300, 6), dtype=np.float32)
+    lines = [",".join(repr(float(v)) for v in row).encode() for row in rows]
+    np.testing.assert_array_equal(decode(b"\r\n".join(lines) + b"\r\n", "text/csv", n_features=6), rows)
+    lines[249] = lines[249].replace(b",", b",oops,", 1)
+    with pytest.raises(BadRequest, match="CSV line 250 has 7 fields, but line 1 has 6"):
+        decode(b"\n".join(lines), "text/csv", n_features=6)
+    lines[249] = b"1,2,3,4,5,#6"
+    with pytest.raises(BadRequest, match="CSV line 250, column 6: '#6' is not a number"):
+        decode(b"\n".join(lines), "text/csv", n_features=6)
+
+
 def test_libsvm_rows_are_as_wide_as_the_model_with_absent_features_missing() -> None:
     rows = decode(b"1 2:5\n3:7", "text/libsvm", n_features=4)
     np.testing.assert_array_equal(rows, [[np.nan, 5, np.nan, np.nan], [np.nan, np.nan, 7, np.nan]])
