@@ -99,10 +99,10 @@ def _csv(label_size: int, body: bytes, n_features: int | None) -> np.ndarray:
             rows = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=np.float32, ndmin=2, comments=None)
     except ValueError:
         rows = None
-    if rows is None or len(rows) != n_lines:  # loadtxt skips blank lines, which must count as rows
-        rows = _csv_checked(
-            text.split(b"\n")
-        )  # empty fields, ragged rows or junk: go cell by cell to say where
+    # Empty fields, ragged rows, junk, or blank lines (loadtxt skips them; they must count as rows): go cell
+    # by cell, to read empty fields as missing or to say exactly where the body is wrong.
+    if rows is None or len(rows) != n_lines:
+        rows = _csv_checked(text.split(b"\n"))
     if label_size:
         if label_size >= rows.shape[1]:
             raise BadRequest(f"label_size={label_size} leaves no feature columns in {rows.shape[1]}")

@@ -164,7 +164,8 @@ def _user_output_step(user_output: Step) -> Step:
 
 
 def _context_style(function: Callable[..., Any], name: str) -> str:
-    """ "keyword" (has a `context` parameter), "positional" (one parameter more than usual) or "plain"."""
+    """How a user function takes context: "keyword" (a `context` parameter), "positional" (one parameter
+    more than usual, as sagemaker-inference-toolkit counts) or "plain" (not at all)."""
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):

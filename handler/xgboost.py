@@ -51,11 +51,10 @@ def input_fn(input_data: bytes, content_type: str | None, n_features: int | None
 
 
 def predict_fn(data: Any, model: xgb.Booster) -> np.ndarray:
-    # One small function on purpose: the call a leaner C-API predictor would replace.
+    # One small function on purpose: the call a leaner C-API predictor would replace. A DMatrix is what AWS's
+    # container's input_fn returns, so users' own input_fn may too.
     try:
-        if isinstance(
-            data, xgb.DMatrix
-        ):  # what AWS's container's input_fn returns, so users' versions may too
+        if isinstance(data, xgb.DMatrix):
             return model.predict(data)
         return model.inplace_predict(data)
     except xgb.core.XGBoostError as exc:
@@ -138,7 +137,8 @@ def _unpickle(data: bytes, source: str) -> xgb.Booster:
     except xgb.core.XGBoostError as exc:
         raise ModelLoadError(
             f"{source} is a pickled Booster that XGBoost {xgb.__version__} cannot read ({_first_line(exc)}); "
-            "pickles from XGBoost < 1.0 hold the legacy binary format, which needs xgboost<3.1 to convert"
+            "pickles written before XGBoost 1.6 (SageMaker's 0.90/1.0 images among them) hold the legacy "
+            "binary format, which only xgboost<3.1 reads: run `mme convert` where xgboost<3.1 is installed"
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{source} is not a readable Booster pickle: {exc}") from None
