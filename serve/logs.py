@@ -58,6 +58,8 @@ class TextFormatter(logging.Formatter):
 
 
 def _text_value(value: Any) -> str:
+    if value is None:
+        return "-"
     text = value if isinstance(value, str) else f"{value:.3f}" if isinstance(value, float) else str(value)
     # Quoted and escaped unless plain, so a path or an error message can never break the line apart.
     return text if _PLAIN.fullmatch(text) else orjson.dumps(text).decode()

@@ -81,7 +81,7 @@ def render(status: dict[str, Any]) -> Table:
 
     totals = status["totals"]
     table = Table(
-        title=f"{totals['models']} resident models, {totals['inFlight']} requests in flight",
+        title=f"{totals['models']} resident models, in flight: {totals['inFlight']}",
         caption=(
             f"memory {_bytes(totals['memoryUsedBytes'])} / {_bytes(totals['memoryBudgetBytes'])}   "
             f"disk cache {_bytes(totals['diskUsedBytes'])} / {_bytes(totals['diskBudgetBytes'])}   "

@@ -1,0 +1,84 @@
+"""`mme status` against a live server: its table of resident models, once and under --watch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import free_port
+
+ROW = "0.5,0.25,0.75,0.1,0.9,0.3"
+ENV = {**os.environ, "COLUMNS": "160"}  # wide enough for rich to print every column whole
+
+
+@pytest.fixture
+def server(start_server, tmp_path: Path, artifact_bytes):
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    for seed in range(3):
+        (folder / f"m{seed}.tar.gz").write_bytes(artifact_bytes(seed))
+    server = start_server("--models", str(folder), "--memory-budget", "64MiB", "--disk-budget", "32MiB")
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for target in ["m0.tar.gz"] * 4 + ["m1.tar.gz"]:  # m2 stays on the shelf
+            headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": target}
+            assert client.post("/invocations", content=ROW, headers=headers).status_code == 200
+    return server
+
+
+def mme_status(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "serve.cli", "status", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=60)
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """model name -> the cells of its row."""
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if "│" in line]
+    return {row[0]: row for row in cells if row and row[0].startswith("m")}
+
+
+def test_table_of_resident_models(server):
+    result = mme_status("--endpoint-url", server.url)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    by_model = rows(table)
+    assert list(by_model) == ["m1.tar.gz", "m0.tar.gz"]  # most recently used first; m2 never loaded
+    status = httpx.get(server.url + "/status").json()
+    for model in status["models"]:
+        name, size, loads, invocations, p50, hit_ratio, last_used = by_model[model["modelName"]]
+        assert (loads, invocations) == ("1", str(model["invocations"]))
+        assert p50 == f"{model['p50Ms']:.2f}" and last_used.endswith("ago") and size.endswith("KiB")
+    assert by_model["m0.tar.gz"][3:6:2] == ["4", "75%"]  # 4 invocations, the first a miss
+    assert by_model["m1.tar.gz"][3:6:2] == ["1", "0%"]
+    assert "2 resident models" in table
+    assert "memory " in table and "/ 64.0 MiB" in table and "/ 32.0 MiB" in table
+
+
+def test_watch_refreshes_until_interrupted(server):
+    command = [sys.executable, "-m", "serve.cli", "status", "--endpoint-url", server.url, "--watch", "0.1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        # Each refresh asks the server once; three access lines mean it has refreshed twice.
+        deadline = time.monotonic() + 30
+        while server.output().count("path=/status") < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "mme status --watch never refreshed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "m0.tar.gz" in stdout and "m1.tar.gz" in stdout
+
+
+def test_unreachable_url_is_one_line_and_exit_1():
+    result = mme_status("--endpoint-url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mme status: error: cannot reach http://127.0.0.1:")
