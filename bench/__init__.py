@@ -1,0 +1,1 @@
+"""`make bench`: xgboost-mme against multi-model-server + sagemaker-inference, same machine, same run."""

@@ -1,0 +1,68 @@
+"""`python -m bench [--quick]`: build the baseline, run every workload on both servers, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import baseline, loadgen, machine, models, report, targets, workloads
+from bench.results import Row
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work"
+DOCS = ROOT / "docs"
+# Workloads in the order they run; W2 first, as W5 sizes its budget from W2's models, and W3 before W5,
+# as the baseline's W5 scale is what it survived in W3.
+STEPS: list[tuple[str, Callable[[workloads.Bench], list[Row]]]] = [
+    ("W1 warm invoke + W4 batch", workloads.w1_w4),
+    ("W2 cold load", workloads.w2),
+    ("W3 residency", workloads.w3),
+    ("W5 MME workload", workloads.w5),
+    ("floors", workloads.floor_rows),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a reduced set in under 3 minutes (not for CI)")
+    parser.add_argument("--no-baseline", action="store_true", help="measure ours only")
+    parser.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md/.png go (default docs/)")
+    args = parser.parse_args(argv)
+    scale = workloads.QUICK if args.quick else workloads.FULL
+    started = time.monotonic()
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    mms_python = None if args.no_baseline else baseline.ensure_venv(WORK / "baseline-venv")
+    wrk = loadgen.ensure_wrk()
+    model_set = models.prepare(WORK, max(scale.w5_models, *scale.w3_ours))
+    bench = workloads.Bench(WORK, model_set, wrk, mms_python, scale)
+
+    rows: list[Row] = []
+    for title, step in STEPS:
+        print(f"bench: {title} ...", flush=True)
+        step_started = time.monotonic()
+        rows.extend(step(bench))
+        print(f"bench: {title} done in {time.monotonic() - step_started:.0f} s", flush=True)
+
+    command = "make bench-quick" if args.quick else "make bench"
+    if sys.argv[1:] and not argv:
+        command += f" ({shlex.join(['python', '-m', 'bench', *sys.argv[1:]])})"
+    tool = f"wrk ({wrk}) with bench/wrk.lua" if wrk else "the bench's Python asyncio client (wrk not found)"
+    description = machine.describe(mms_python, tool, command)
+    checks = targets.evaluate(rows)
+    report.print_table(rows, checks)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_chart(args.out / "benchmarks.png", rows)
+    report.write_markdown(args.out / "benchmarks.md", description, rows, checks, "benchmarks.png")
+    print(
+        f"bench: wrote {args.out / 'benchmarks.md'} and benchmarks.png in {time.monotonic() - started:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

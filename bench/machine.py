@@ -1,0 +1,62 @@
+"""The machine and versions a run was measured on, for the report's header."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _java() -> str:
+    try:
+        out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    return out.splitlines()[0] if out else "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe(baseline_python: Path | None, load_tool: str, command: str) -> dict[str, str]:
+    baseline = "skipped"
+    if baseline_python is not None:
+        script = (
+            "from importlib.metadata import version as v; "
+            "print(v('multi-model-server'), v('sagemaker-inference'), v('xgboost-cpu'))"
+        )
+        out = subprocess.run(
+            [str(baseline_python), "-c", script], capture_output=True, text=True
+        ).stdout.split()
+        baseline = f"multi-model-server {out[0]}, sagemaker-inference {out[1]}, xgboost {out[2]}"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "cpu": f"{_cpu_model()}, {psutil.cpu_count()} cores",
+        "memory": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "ours": f"xgboost {_version('xgboost-cpu')}, uvicorn {_version('uvicorn')}, "
+        f"httptools {_version('httptools')}, uvloop {_version('uvloop')}",
+        "baseline": baseline,
+        "java": _java(),
+        "load generator": load_tool,
+    }

@@ -1,0 +1,145 @@
+"""The run's results three ways: a table on the terminal, docs/benchmarks.md, and docs/benchmarks.png."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.results import Row, Target
+
+METHOD = """\
+- **Same run, same machine, one server at a time.** Each workload starts a fresh server, measures it, and
+  kills its whole process group before the next one starts.
+- **Ours:** `mme serve` (one process: uvicorn + httptools + uvloop, raw ASGI).
+- **Baseline:** multi-model-server + sagemaker-inference in their own virtualenv
+  (`bench/.work/baseline-venv`), started through `sagemaker_inference.model_server.start_model_server`
+  with `SAGEMAKER_MULTI_MODEL=true` and an XGBoost `DefaultInferenceHandler` and
+  `HandlerService(DefaultHandlerService)` written the way AWS's bring-your-own-container multi-model
+  example writes them (`bench/baseline/`), outside Docker with the machine's Java. It parses CSV with
+  numpy: `sagemaker_inference.decoder` fails on the one-row CSV that MMS hands it.
+- **Models:** one 25-tree city model (`mme train --locations Chicago_IL`, 4 seeds) hard-linked under
+  10,000 names: `NAME/xgboost-model` folders for `POST /models`, `NAME.tar.gz` for the local endpoint.
+- **Load:** W1 and the floors use the load generator named above (wrk: a Lua script sends the POST body and
+  headers, its `done()` hook prints wrk's own percentiles); W5 needs a decision per request (the next
+  trace entry, and for the baseline the platform's load/unload), so both sides use the bench's asyncio
+  HTTP/1.1 client there. W2-W4 are sequential single requests.
+- **Memory** is the PSS of every process in the server's session (MMS's Java frontend and its per-model
+  Python workers included): shared pages are counted once, unlike summed RSS.
+- **W3 baseline:** MMS starts a Python worker per model; it stops at its cap of models or when the machine
+  has < 4 GiB available, and the scale it reached is reported.
+- **W5:** Zipf (s=1.1) over the source's models, concurrency 16, starting cold. Ours: the local endpoint
+  (`--models FOLDER --max-models N --memory-budget N×model size`), hit ratio from its /metrics counters.
+  Baseline: SageMaker's part is emulated by the bench (`bench/mme_platform.py`: load on a miss, DELETE the
+  LRU model when full or on 507) at the largest scale it survives. Each side's hit ratio is compared with
+  an exact LRU simulation of the requests it was sent. "Above idle" is peak PSS minus the server's PSS
+  before traffic: what the models and their traffic cost, which is what the budget bounds.
+"""
+
+
+def fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    magnitude = abs(value)
+    if magnitude >= 100 or value == int(value):
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def ratio_text(row: Row) -> str:
+    ratio = row.ratio
+    if ratio is None:
+        return ""
+    return f"{ratio:.1f}× better" if ratio >= 1 else f"{1 / ratio:.1f}× worse"
+
+
+def met_text(target: Target) -> str:
+    return {True: "met", False: "MISSED", None: "not measured"}[target.met]
+
+
+def print_table(rows: list[Row], targets: list[Target]) -> None:
+    console = Console(width=160)
+    table = Table(title="xgboost-mme vs multi-model-server + sagemaker-inference")
+    for column in ("workload", "metric", "unit", "ours", "baseline", "ours vs baseline", "note"):
+        table.add_column(column, justify="right" if column in ("ours", "baseline") else "left")
+    for row in rows:
+        table.add_row(
+            row.workload, row.metric, row.unit, fmt(row.ours), fmt(row.baseline), ratio_text(row), row.note
+        )
+    console.print(table)
+    checks = Table(title="Targets")
+    for column in ("target", "goal", "result", "", "margin"):
+        checks.add_column(column)
+    for target in targets:
+        style = {True: "green", False: "bold red", None: "yellow"}[target.met]
+        checks.add_row(target.name, target.goal, target.actual, f"[{style}]{met_text(target)}", target.margin)
+    console.print(checks)
+
+
+def _md_table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def write_markdown(
+    path: Path, machine: dict[str, str], rows: list[Row], targets: list[Target], chart: str
+) -> None:
+    missed = [t.name for t in targets if t.met is False]
+    verdict = f"**Missed: {', '.join(missed)}.**" if missed else "Every measured target was met."
+    parts = [
+        "# Benchmarks",
+        f"Written by `{machine['command']}` on {machine['date']}; regenerate, don't edit. {verdict}",
+        "## Machine",
+        _md_table(["", ""], [[k, v] for k, v in machine.items()]),
+        "## Targets",
+        _md_table(
+            ["target", "goal", "result", "met?", "margin"],
+            [[t.name, t.goal, t.actual, met_text(t), t.margin] for t in targets],
+        ),
+        "## Results",
+        _md_table(
+            ["workload", "metric", "unit", "ours", "baseline", "ours vs baseline", "note"],
+            [
+                [r.workload, r.metric, r.unit, fmt(r.ours), fmt(r.baseline), ratio_text(r), r.note]
+                for r in rows
+            ],
+        ),
+        f"![ours vs baseline per workload]({chart})",
+        "## How it was measured",
+        METHOD,
+    ]
+    path.write_text("\n\n".join(parts).rstrip() + "\n")
+
+
+def write_chart(path: Path, rows: list[Row]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paired = [r for r in rows if r.ours and r.baseline and r.unit != "count" and r.unit != "%"]
+    higher = [r for r in paired if r.higher_is_better]
+    lower = [r for r in paired if not r.higher_is_better]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.5 * max(len(higher), len(lower)) + 2.5))
+    for ax, group, title in ((axes[0], higher, "higher is better"), (axes[1], lower, "lower is better")):
+        labels = [f"{r.workload}: {r.metric} ({r.unit})" for r in group]
+        ys = range(len(group))
+        ax.barh([y + 0.2 for y in ys], [r.ours for r in group], height=0.4, label="ours (xgboost-mme)")
+        ax.barh([y - 0.2 for y in ys], [r.baseline for r in group], height=0.4, label="baseline (MMS)")
+        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_title(f"{title} (log scale)")
+        ax.grid(axis="x", which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("xgboost-mme vs multi-model-server + sagemaker-inference, same machine, same run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

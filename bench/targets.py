@@ -1,0 +1,117 @@
+"""The issue's targets, judged from one run's rows: met or missed, and by how much."""
+
+from __future__ import annotations
+
+import math
+
+from bench.results import Row, Target
+
+GiB_IN_MiB = 1024
+
+
+def _ratio_target(name: str, goal: str, ratio: float | None, need: float, what: str) -> Target:
+    if ratio is None or math.isnan(ratio):
+        return Target(name, goal, "not measured (no baseline in this run)", None, "")
+    met = ratio >= need
+    margin = f"{ratio / need:.2f}× the goal" if met else f"short by {need / ratio:.1f}×"
+    return Target(name, goal, f"{ratio:.1f}× {what}", met, margin)
+
+
+def evaluate(rows: list[Row]) -> list[Target]:
+    by_key = {row.key: row for row in rows}
+
+    def row(key: str) -> Row | None:
+        return by_key.get(key)
+
+    targets = []
+    if r := row("w1.rps16"):
+        targets.append(
+            _ratio_target(
+                "W1 throughput",
+                "≥ 10× the baseline's req/s at concurrency 16",
+                r.ratio,
+                10,
+                "the baseline's req/s",
+            )
+        )
+    if r := row("w1.p50_1"):
+        targets.append(
+            _ratio_target(
+                "W1 latency",
+                "p50 at concurrency 1 ≤ 1/5 of the baseline's",
+                r.ratio,
+                5,
+                "lower p50 than the baseline",
+            )
+        )
+    if r := row("w2.load"):
+        targets.append(
+            _ratio_target(
+                "W2 cold load",
+                "a cold load from local disk ≥ 50× faster",
+                r.ratio,
+                50,
+                "faster than the baseline",
+            )
+        )
+    targets.append(_residency(row("w3.10000.pss_mib"), row("w3.10000.failures")))
+    targets.extend(_w5(row))
+    return targets
+
+
+def _residency(pss: Row | None, failures: Row | None) -> Target:
+    goal = "10,000 resident models in one server under 1.5 GiB in all"
+    if pss is None or pss.ours is None:
+        return Target("W3 residency", goal, "not measured (the quick run loads 1,000)", None, "")
+    limit = 1.5 * GiB_IN_MiB
+    failed = int(failures.ours or 0) if failures else 0
+    met = pss.ours < limit and failed == 0
+    actual = f"{pss.ours / GiB_IN_MiB:.2f} GiB, {failed} failed loads"
+    margin = (
+        f"{(limit - pss.ours) / GiB_IN_MiB:+.2f} GiB headroom"
+        if pss.ours < limit
+        else (f"over by {(pss.ours - limit) / GiB_IN_MiB:.2f} GiB")
+    )
+    return Target("W3 residency", goal, actual, met, margin)
+
+
+def _w5(row) -> list[Target]:
+    errors, hit, lru = row("w5.errors"), row("w5.hit_ratio"), row("w5.lru_hit_ratio")
+    peak, budget = row("w5.model_peak_mib"), row("w5.budget")
+    out = []
+    if errors and errors.ours is not None:
+        n = int(errors.ours)
+        out.append(
+            Target("W5 errors", "zero errors", f"{n} errors", n == 0, "" if n == 0 else f"{n} too many")
+        )
+    if peak and budget and peak.ours is not None and budget.ours:
+        limit = budget.ours * 1.1
+        met = peak.ours <= limit
+        out.append(
+            Target(
+                "W5 memory",
+                "peak memory within the budget + 10%",
+                f"{peak.ours:.0f} MiB above idle vs budget {budget.ours:.0f} MiB",
+                met,
+                f"{peak.ours / budget.ours * 100:.0f}% of the budget",
+            )
+        )
+    if hit and lru and lru.ours is not None:
+        if hit.ours is None or math.isnan(hit.ours):
+            out.append(
+                Target(
+                    "W5 hit ratio", "within 2 points of exact LRU", "server reports no hit counters", None, ""
+                )
+            )
+        else:
+            gap = hit.ours - lru.ours
+            out.append(
+                Target(
+                    "W5 hit ratio",
+                    "within 2 points of an exact LRU simulation of the same trace",
+                    f"{hit.ours:.1f}% vs LRU {lru.ours:.1f}%",
+                    abs(gap) <= 2,
+                    f"{gap:+.1f} points",
+                )
+            )
+    return out

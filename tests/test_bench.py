@@ -1,0 +1,92 @@
+"""Smoke tests of the benchmark's parts: each runs for about a second, and none asserts a timing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import httpx
+import pytest
+
+from bench import loadgen, report, servers, targets, trace
+from bench.mme_platform import PlatformEmulator
+from bench.models import ROW
+from bench.results import Row
+
+
+@pytest.fixture
+def ours(make_model_dir, tmp_path):
+    folders = [make_model_dir(seed) for seed in range(3)]
+    with servers.start_ours(tmp_path, ["--model-root", str(folders[0].parent)]) as server:
+        yield server, folders
+
+
+@pytest.mark.parametrize("tool", ["wrk", "python"])
+def test_load_generator_drives_our_server(ours, tool):
+    server, folders = ours
+    wrk = shutil.which("wrk") if tool == "wrk" else None
+    if tool == "wrk" and wrk is None:
+        pytest.skip("wrk is not installed")
+    httpx.post(f"{server.url}/models", json={"model_name": "a", "url": str(folders[0])}).raise_for_status()
+    result = loadgen.fixed_load(wrk, server.url, "/models/a/invoke", ROW, 2, 1)
+    assert result.tool == tool
+    assert result.requests > 0 and result.errors == 0
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert server.pss_bytes() > 0
+
+
+def test_load_generator_counts_errors(ours):
+    server, _ = ours
+    result = loadgen.run_python(server.url, "/models/missing/invoke", ROW, 1, 0.2)
+    assert result.requests > 0 and result.errors == result.requests
+
+
+def test_platform_emulator_loads_on_miss_and_evicts_lru(ours):
+    """The baseline's SageMaker stand-in, against our server: it speaks the same contract."""
+    server, folders = ours
+    by_name = {f.name: str(f) for f in folders}
+    platform = PlatformEmulator(2, by_name.__getitem__)
+    names = [folders[i].name for i in (0, 1, 0, 2, 1)]
+
+    async def run() -> list[bool]:
+        conn = loadgen.Connection(server.url)
+        try:
+            return [await platform.invoke(conn, name, ROW) for name in names]
+        finally:
+            conn.close()
+
+    assert asyncio.run(run()) == [True] * 5
+    assert (platform.hits, platform.misses) == (1, 4)  # the 2nd model 0; model 1 was evicted by model 2
+    listed = httpx.get(f"{server.url}/models").json()["models"]
+    assert sorted(m["modelName"] for m in listed) == sorted([folders[2].name, folders[1].name])
+
+
+def test_lru_simulation_and_zipf_trace():
+    assert trace.lru_hit_ratio([1, 2, 1, 3, 2, 1], 2) == pytest.approx(1 / 6)
+    assert trace.lru_hit_ratio([1, 1, 1, 1], 1) == 0.75
+    hot = trace.zipf_trace(1000, 5000)
+    assert hot == trace.zipf_trace(1000, 5000)
+    assert len(set(hot)) < 1000 and max(hot) < 1000
+    assert trace.lru_hit_ratio(hot, 100) > trace.lru_hit_ratio(hot, 10)
+
+
+def test_report_writes_table_markdown_and_chart(tmp_path, capsys):
+    rows = [
+        Row("w1.rps16", "W1 warm invoke", "req/s, concurrency 16", "req/s", 3000.0, 1000.0, True),
+        Row("w1.p50_1", "W1 warm invoke", "p50, concurrency 1", "ms", 0.2, 0.6, False),
+        Row("w2.load", "W2 cold load", "POST /models + invoke", "ms", 5.0, 400.0, False),
+        Row("floor.predict", "Floor", "inplace_predict", "ms", 0.09, None, False),
+    ]
+    checks = targets.evaluate(rows)
+    by_name = {t.name: t for t in checks}
+    assert by_name["W1 throughput"].met is False and "3.0×" in by_name["W1 throughput"].actual
+    assert by_name["W2 cold load"].met is True
+    assert by_name["W3 residency"].met is None
+    report.print_table(rows, checks)
+    assert "MISSED" in capsys.readouterr().out
+    machine = {"date": "today", "command": "make bench", "cpu": "a CPU"}
+    report.write_markdown(tmp_path / "b.md", machine, rows, checks, "b.png")
+    report.write_chart(tmp_path / "b.png", rows)
+    text = (tmp_path / "b.md").read_text()
+    assert "**Missed: W1 throughput, W1 latency.**" in text and "| W2 cold load |" in text
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
