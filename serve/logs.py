@@ -6,6 +6,7 @@ rest; JSON writes them as one object per line, text as `key=value` pairs after t
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -23,9 +24,14 @@ QUIET_PATHS = frozenset({"/ping", "/metrics"})
 _PLAIN = re.compile(r"[^\s\"=\\]+")
 
 
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def _timestamp(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+    # Every request logs a line: formatting the date once per second instead of per line halves its cost.
+    return f"{_second(int(created))}.{int(created % 1 * 1000):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,6 +66,8 @@ class TextFormatter(logging.Formatter):
 def _text_value(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):
+        return str(value)
     text = value if isinstance(value, str) else f"{value:.3f}" if isinstance(value, float) else str(value)
     # Quoted and escaped unless plain, so a path or an error message can never break the line apart.
     return text if _PLAIN.fullmatch(text) else orjson.dumps(text).decode()
@@ -71,7 +79,11 @@ def setup(log_format: str, level: str) -> None:
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Neither format shows them, and looking them up is a good part of what a log record costs.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root.setLevel(level.upper())
+    # XGBoost reports through the warnings module, which would print raw lines between the JSON ones.
+    logging.captureWarnings(True)
 
 
 def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
