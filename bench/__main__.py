@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import baseline, loadgen, machine, models, report, targets, workloads
+from bench import baseline, floors, loadgen, machine, models, profile, report, targets, w5, workloads
 from bench.results import Row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +21,8 @@ STEPS: list[tuple[str, Callable[[workloads.Bench], list[Row]]]] = [
     ("W1 warm invoke + W4 batch", workloads.w1_w4),
     ("W2 cold load", workloads.w2),
     ("W3 residency", workloads.w3),
-    ("W5 MME workload", workloads.w5),
-    ("floors", workloads.floor_rows),
+    ("W5 MME workload", w5.w5),
+    ("floors", floors.floor_rows),
 ]
 
 
@@ -30,16 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a reduced set in under 3 minutes (not for CI)")
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only")
+    parser.add_argument("--profile", action="store_true", help="only profile our W1 path with py-spy")
     parser.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md/.png go (default docs/)")
     args = parser.parse_args(argv)
     scale = workloads.QUICK if args.quick else workloads.FULL
     started = time.monotonic()
 
     WORK.mkdir(parents=True, exist_ok=True)
-    mms_python = None if args.no_baseline else baseline.ensure_venv(WORK / "baseline-venv")
+    mms_python = None if args.no_baseline or args.profile else baseline.ensure_venv(WORK / "baseline-venv")
     wrk = loadgen.ensure_wrk()
     model_set = models.prepare(WORK, max(scale.w5_models, *scale.w3_ours))
     bench = workloads.Bench(WORK, model_set, wrk, mms_python, scale)
+    if args.profile:
+        print(profile.profile_w1(bench, scale.w1_seconds))
+        return 0
 
     rows: list[Row] = []
     for title, step in STEPS:

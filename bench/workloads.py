@@ -1,14 +1,12 @@
-"""W1-W5 and the floors: each starts the servers it needs, one at a time, and returns report rows."""
+"""W1-W4 and what every workload shares: each starts the servers it needs, one at a time, returns rows."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,9 +17,8 @@ import boto3
 import httpx
 import psutil
 
-from bench import floors, loadgen, servers, trace
-from bench.loadgen import Connection, LoadResult
-from bench.mme_platform import PlatformEmulator
+from bench import loadgen, servers
+from bench.loadgen import LoadResult
 from bench.models import ROW, ModelSet, csv_rows
 from bench.results import Row
 from bench.servers import Server
@@ -48,7 +45,6 @@ FULL = Scale(10, 20, (1_000, 10_000), 200, 10_000, 1_000, 60, 100, 5)
 QUICK = Scale(3, 5, (1_000,), 20, 2_000, 200, 15, 20, 2)
 # The baseline stops adding models when the machine has less than this left.
 BASELINE_MIN_AVAILABLE = 4 * GiB
-W5_TRACE_LENGTH = 400_000
 
 
 @dataclass
@@ -73,19 +69,19 @@ class Bench:
             yield "baseline", self.mms
 
 
-def _load(client: httpx.Client, models: ModelSet, i: int, name: str | None = None) -> httpx.Response:
+def load_model(client: httpx.Client, models: ModelSet, i: int, name: str | None = None) -> httpx.Response:
     return client.post("/models", json={"model_name": name or models.name(i), "url": models.url(i)})
 
 
-def _invoke(client: httpx.Client, name: str, body: bytes = ROW) -> httpx.Response:
+def invoke(client: httpx.Client, name: str, body: bytes = ROW) -> httpx.Response:
     return client.post(f"/models/{name}/invoke", content=body, headers=CSV)
 
 
-def _client(server: Server) -> httpx.Client:
+def http_client(server: Server) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=120)
 
 
-def _pair(
+def pair(
     key: str,
     workload: str,
     metric: str,
@@ -105,8 +101,8 @@ def w1_w4(bench: Bench) -> list[Row]:
     w1: dict[int, dict[str, LoadResult]] = {1: {}, 16: {}}
     w4: dict[int, dict[str, float]] = {1_000: {}, 10_000: {}}
     for side, start in bench.sides():
-        with start() as server, _client(server) as client:
-            _load(client, bench.models, 0, "warm").raise_for_status()
+        with start() as server, http_client(server) as client:
+            load_model(client, bench.models, 0, "warm").raise_for_status()
             loadgen.fixed_load(bench.wrk, server.url, "/models/warm/invoke", ROW, 4, 1)  # warm-up
             for concurrency in w1:
                 w1[concurrency][side] = loadgen.fixed_load(
@@ -114,9 +110,9 @@ def w1_w4(bench: Bench) -> list[Row]:
                 )
             for rows in w4:
                 body = csv_rows(rows)
-                _invoke(client, "warm", body).raise_for_status()
+                invoke(client, "warm", body).raise_for_status()
                 w4[rows][side] = statistics.median(
-                    _timed(lambda b=body: _invoke(client, "warm", b)) for _ in range(5)
+                    timed(lambda b=body: invoke(client, "warm", b)) for _ in range(5)
                 )
     note = f"{next(iter(w1[1].values())).tool}, {bench.scale.w1_seconds:g} s"
     out = []
@@ -129,19 +125,17 @@ def w1_w4(bench: Bench) -> list[Row]:
         ):
             values = {side: float(getattr(result, attribute)) for side, result in by_side.items()}
             out.append(
-                _pair(f"w1.{key}", "W1 warm invoke", metric, unit, values, higher, note if higher else "")
+                pair(f"w1.{key}", "W1 warm invoke", metric, unit, values, higher, note if higher else "")
             )
     for rows, by_side in w4.items():
         values = {side: seconds * 1e3 for side, seconds in by_side.items()}
         out.append(
-            _pair(
-                f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, "median of 5"
-            )
+            pair(f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, "median of 5")
         )
     return out
 
 
-def _timed(call: Callable[[], httpx.Response]) -> float:
+def timed(call: Callable[[], httpx.Response]) -> float:
     started = time.perf_counter()
     call().raise_for_status()
     return time.perf_counter() - started
@@ -152,20 +146,20 @@ def w2(bench: Bench) -> list[Row]:
     n = bench.scale.w2_models
     medians: dict[str, float] = {}
     for side, start in bench.sides():
-        with start() as server, _client(server) as client:
+        with start() as server, http_client(server) as client:
             samples = []
             for i in range(n):
                 started = time.perf_counter()
-                response = _load(client, bench.models, i)
+                response = load_model(client, bench.models, i)
                 response.raise_for_status()
-                _invoke(client, bench.models.name(i)).raise_for_status()
+                invoke(client, bench.models.name(i)).raise_for_status()
                 samples.append(time.perf_counter() - started)
                 if side == "ours":
                     size = response.json()["sizeBytes"]
                     bench.facts["model_bytes"] = max(bench.facts.get("model_bytes", 0), size)
             medians[side] = statistics.median(samples)
     rows = [
-        _pair(
+        pair(
             "w2.load",
             "W2 cold load",
             f"POST /models + first invoke, median of {n}",
@@ -214,11 +208,11 @@ def _endpoint_cold(bench: Bench, args: list[str], n: int, source: str | None = N
     shutil.rmtree(cache, ignore_errors=True)
     source = source or str(bench.models.artifacts)
     server = bench.ours("--models", source, "--cache-dir", str(cache), *args, name="ours-endpoint")
-    with server, _client(server) as client:
+    with server, http_client(server) as client:
         samples = []
         for i in range(n):
             headers = {**CSV, "X-Amzn-SageMaker-Target-Model": bench.models.target(i)}
-            samples.append(_timed(lambda h=headers: client.post("/invocations", content=ROW, headers=h)))
+            samples.append(timed(lambda h=headers: client.post("/invocations", content=ROW, headers=h)))
     shutil.rmtree(cache, ignore_errors=True)
     return statistics.median(samples)
 
@@ -255,7 +249,7 @@ def w3(bench: Bench) -> list[Row]:
     checkpoints = {"ours": bench.scale.w3_ours, "baseline": (bench.scale.w3_baseline_max,)}
     found: dict[str, dict[int, dict[str, float]]] = {}
     for side, start in bench.sides():
-        with start() as server, _client(server) as client:
+        with start() as server, http_client(server) as client:
             found[side] = _fill(server, client, bench.models, checkpoints[side], side == "baseline")
     base = next(iter(found.get("baseline", {}).values()), None)
     if base is not None:
@@ -281,7 +275,7 @@ def w3(bench: Bench) -> list[Row]:
             pair = {side: numbers[key] for side, numbers in values.items()}
             higher = key == "count"
             rows.append(
-                _pair(
+                pair(
                     f"w3.{count}.{key}",
                     workload,
                     metric,
@@ -306,7 +300,7 @@ def _fill(
     for i in range(checkpoints[-1]):
         started = time.perf_counter()
         try:
-            failures += _load(client, models, i).status_code != 200
+            failures += load_model(client, models, i).status_code != 200
         except httpx.HTTPError:
             failures += 1
         load_seconds += time.perf_counter() - started
@@ -325,229 +319,3 @@ def _fill(
         if short:
             break
     return points
-
-
-# --- W5 the MME workload -----------------------------------------------------------------------------
-class PeakMemory:
-    """Samples a server's PSS every half second in a thread; `peak` is the largest seen."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak = max(self.peak, self.server.pss_bytes())
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.server.pss_bytes())
-
-
-def _cache_counts(client: httpx.Client) -> tuple[float, float] | None:
-    """Our server's (hits, misses) from /metrics, or None if it has no such counters."""
-    response = client.get("/metrics")
-    if response.status_code != 200:
-        return None
-    counts = {}
-    for line in response.text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("mme_model_cache_hits_total", "mme_model_cache_misses_total"):
-            counts[name] = float(value)
-    if len(counts) != 2:
-        return None
-    return counts["mme_model_cache_hits_total"], counts["mme_model_cache_misses_total"]
-
-
-def w5(bench: Bench) -> list[Row]:
-    scale = bench.scale
-    concurrency = 16
-    results: dict[str, dict[str, float]] = {}
-    ours_trace = trace.zipf_trace(scale.w5_models, W5_TRACE_LENGTH)
-    budget = int(scale.w5_cache * bench.facts.get("model_bytes", 72 * 1024))
-    cache = bench.work / "w5-cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    args = [
-        "--models",
-        str(bench.models.artifacts),
-        "--cache-dir",
-        str(cache),
-        "--max-models",
-        str(scale.w5_cache),
-        "--memory-budget",
-        str(budget),
-        "--revalidate-after",
-        "off",
-    ]
-    with bench.ours(*args, name="ours-w5") as server, _client(server) as client:
-        idle = server.pss_bytes()
-        before = _cache_counts(client)
-
-        async def call(conn: Connection, i: int) -> bool:
-            headers = {**CSV, "X-Amzn-SageMaker-Target-Model": bench.models.target(ours_trace[i])}
-            status, _ = await conn.request("POST", "/invocations", ROW, headers)
-            return status == 200
-
-        with PeakMemory(server) as memory:
-            load = asyncio.run(
-                loadgen.drive(server.url, call, concurrency, scale.w5_seconds, len(ours_trace))
-            )
-        after = _cache_counts(client)
-        hit_ratio = float("nan")
-        if before is not None and after is not None:
-            hits, misses = after[0] - before[0], after[1] - before[1]
-            hit_ratio = hits / (hits + misses) if hits + misses else float("nan")
-        results["ours"] = _w5_numbers(
-            load,
-            hit_ratio,
-            trace.lru_hit_ratio(ours_trace[: load.requests], scale.w5_cache),
-            memory.peak,
-            idle,
-        )
-        results["ours"]["budget_mib"] = budget / MiB
-    shutil.rmtree(cache, ignore_errors=True)
-    if bench.mms_python is not None:
-        results["baseline"] = _w5_baseline(bench, concurrency)
-    return _w5_rows(bench, results)
-
-
-def _w5_numbers(load: LoadResult, hit_ratio: float, lru: float, peak: int, idle: int) -> dict[str, float]:
-    return {
-        "rps": load.rps,
-        "p50": load.p50_ms,
-        "p99": load.p99_ms,
-        "errors": float(load.errors),
-        "requests": float(load.requests),
-        "hit_ratio": hit_ratio * 100,
-        "lru_hit_ratio": lru * 100,
-        "peak_mib": peak / MiB,
-        "model_peak_mib": (peak - idle) / MiB,
-    }
-
-
-def _w5_baseline(bench: Bench, concurrency: int) -> dict[str, float]:
-    """The baseline at the scale it survives: the cache W3 reached (at most a cap), 10× that in the source."""
-    scale = bench.scale
-    capacity = int(
-        min(scale.w5_baseline_cache_max, bench.facts.get("baseline_resident", scale.w5_baseline_cache_max))
-    )
-    source = capacity * scale.w5_models // scale.w5_cache
-    base_trace = trace.zipf_trace(source, W5_TRACE_LENGTH)
-    platform = PlatformEmulator(capacity, lambda name: str(bench.models.contract / name))
-    with bench.mms() as server:
-        idle = server.pss_bytes()
-
-        async def call(conn: Connection, i: int) -> bool:
-            return await platform.invoke(conn, bench.models.name(base_trace[i]), ROW)
-
-        with PeakMemory(server) as memory:
-            load = asyncio.run(
-                loadgen.drive(server.url, call, concurrency, scale.w5_seconds, len(base_trace))
-            )
-    hit_ratio = platform.hits / max(1, platform.hits + platform.misses)
-    numbers = _w5_numbers(
-        load, hit_ratio, trace.lru_hit_ratio(base_trace[: load.requests], capacity), memory.peak, idle
-    )
-    numbers.update(models=float(source), cache=float(capacity))
-    return numbers
-
-
-def _w5_rows(bench: Bench, results: dict[str, dict[str, float]]) -> list[Row]:
-    scale = bench.scale
-    base = results.get("baseline")
-    note = f"baseline: {int(base['models']):,} models, cache {int(base['cache'])}" if base else ""
-    name = f"W5 MME, {scale.w5_models:,} models, cache {scale.w5_cache:,}"
-    rows = []
-    for key, metric, unit, higher in (
-        ("rps", "req/s, Zipf s=1.1, concurrency 16", "req/s", True),
-        ("p50", "p50", "ms", False),
-        ("p99", "p99", "ms", False),
-        ("errors", "errors", "count", False),
-        ("hit_ratio", "hit ratio", "%", True),
-        ("lru_hit_ratio", "exact LRU hit ratio, same trace", "%", True),
-        ("peak_mib", "peak memory of all server processes (PSS)", "MiB", False),
-        ("model_peak_mib", "peak memory above the idle server", "MiB", False),
-    ):
-        pair = {side: numbers[key] for side, numbers in results.items()}
-        # Memory grows with the cache's size, and the baseline's cache is smaller: no ratio for it.
-        comparable = unit != "MiB"
-        rows.append(
-            _pair(f"w5.{key}", name, metric, unit, pair, higher, note if key == "rps" else "", comparable)
-        )
-    rows.append(
-        Row(
-            "w5.budget",
-            name,
-            "memory budget (--memory-budget)",
-            "MiB",
-            results["ours"]["budget_mib"],
-            None,
-            False,
-            f"--max-models {scale.w5_cache}",
-        )
-    )
-    return rows
-
-
-# --- floors ------------------------------------------------------------------------------------------
-def floor_rows(bench: Bench) -> list[Row]:
-    seconds = bench.scale.floor_seconds
-    predict_us = floors.inplace_predict_us(
-        bench.models.contract / bench.models.name(0) / "xgboost-model", 5000
-    )
-    rows = [
-        Row(
-            "floor.predict",
-            "Floor",
-            "Booster.inplace_predict, one row, in-process",
-            "ms",
-            predict_us / 1e3,
-            None,
-            False,
-            "median of 5,000",
-        )
-    ]
-    port = servers.free_port()
-    cmd = [sys.executable, "-m", "bench.floor_app", str(port)]
-    server = servers.spawn(
-        "floor",
-        cmd,
-        bench.work / "logs" / "floor.log",
-        dict(os.environ),
-        Path(__file__).resolve().parent.parent,
-        port,
-    )
-    with server:
-        for concurrency in (1, 16):
-            result = loadgen.fixed_load(bench.wrk, server.url, "/", ROW, concurrency, seconds)
-            rows.append(
-                Row(
-                    f"floor.rps{concurrency}",
-                    "Floor",
-                    f"empty ASGI reply, req/s, concurrency {concurrency}",
-                    "req/s",
-                    result.rps,
-                    None,
-                    True,
-                    "uvicorn + httptools + uvloop",
-                )
-            )
-            rows.append(
-                Row(
-                    f"floor.p50_{concurrency}",
-                    "Floor",
-                    f"empty ASGI reply, p50, concurrency {concurrency}",
-                    "ms",
-                    result.p50_ms,
-                    None,
-                    False,
-                )
-            )
-    return rows

@@ -1,0 +1,191 @@
+"""W5, the real multi-model workload: Zipf traffic over many models through a cache that holds a tenth.
+
+Ours runs its local endpoint over the model source; the baseline has SageMaker emulated in front of it
+(bench.mme_platform), at the largest scale it survived in W3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+
+import httpx
+
+from bench import loadgen, trace
+from bench.loadgen import Connection, LoadResult
+from bench.mme_platform import PlatformEmulator
+from bench.models import ROW
+from bench.results import Row
+from bench.servers import Server
+from bench.workloads import CSV, Bench, MiB, http_client, pair
+
+CONCURRENCY = 16
+TRACE_LENGTH = 400_000  # more than any run issues: runs end by time
+
+
+class PeakMemory:
+    """Samples a server's PSS every half second in a thread; `peak` is the largest seen."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, self.server.pss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.server.pss_bytes())
+
+
+def _cache_counts(client: httpx.Client) -> tuple[float, float] | None:
+    """Our server's (hits, misses) from /metrics, or None if it has no such counters."""
+    response = client.get("/metrics")
+    if response.status_code != 200:
+        return None
+    counts = {}
+    for line in response.text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("mme_model_cache_hits_total", "mme_model_cache_misses_total"):
+            counts[name] = float(value)
+    if len(counts) != 2:
+        return None
+    return counts["mme_model_cache_hits_total"], counts["mme_model_cache_misses_total"]
+
+
+def w5(bench: Bench) -> list[Row]:
+    scale = bench.scale
+    results: dict[str, dict[str, float]] = {}
+    ours_trace = trace.zipf_trace(scale.w5_models, TRACE_LENGTH)
+    budget = int(scale.w5_cache * bench.facts.get("model_bytes", 72 * 1024))
+    cache = bench.work / "w5-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    args = [
+        "--models",
+        str(bench.models.artifacts),
+        "--cache-dir",
+        str(cache),
+        "--max-models",
+        str(scale.w5_cache),
+        "--memory-budget",
+        str(budget),
+        "--revalidate-after",
+        "off",
+    ]
+    with bench.ours(*args, name="ours-w5") as server, http_client(server) as client:
+        idle = server.pss_bytes()
+        before = _cache_counts(client)
+
+        async def call(conn: Connection, i: int) -> bool:
+            headers = {**CSV, "X-Amzn-SageMaker-Target-Model": bench.models.target(ours_trace[i])}
+            status, _ = await conn.request("POST", "/invocations", ROW, headers)
+            return status == 200
+
+        with PeakMemory(server) as memory:
+            load = asyncio.run(
+                loadgen.drive(server.url, call, CONCURRENCY, scale.w5_seconds, len(ours_trace))
+            )
+        after = _cache_counts(client)
+        hit_ratio = float("nan")
+        if before is not None and after is not None:
+            hits, misses = after[0] - before[0], after[1] - before[1]
+            hit_ratio = hits / (hits + misses) if hits + misses else float("nan")
+        results["ours"] = _w5_numbers(
+            load,
+            hit_ratio,
+            trace.lru_hit_ratio(ours_trace[: load.requests], scale.w5_cache),
+            memory.peak,
+            idle,
+        )
+        results["ours"]["budget_mib"] = budget / MiB
+    shutil.rmtree(cache, ignore_errors=True)
+    if bench.mms_python is not None:
+        results["baseline"] = _w5_baseline(bench)
+    return _w5_rows(bench, results)
+
+
+def _w5_numbers(load: LoadResult, hit_ratio: float, lru: float, peak: int, idle: int) -> dict[str, float]:
+    return {
+        "rps": load.rps,
+        "p50": load.p50_ms,
+        "p99": load.p99_ms,
+        "errors": float(load.errors),
+        "requests": float(load.requests),
+        "hit_ratio": hit_ratio * 100,
+        "lru_hit_ratio": lru * 100,
+        "peak_mib": peak / MiB,
+        "model_peak_mib": (peak - idle) / MiB,
+    }
+
+
+def _w5_baseline(bench: Bench) -> dict[str, float]:
+    """The baseline at the scale it survives: the cache W3 reached (at most a cap), 10× that in the source."""
+    scale = bench.scale
+    capacity = int(
+        min(scale.w5_baseline_cache_max, bench.facts.get("baseline_resident", scale.w5_baseline_cache_max))
+    )
+    source = capacity * scale.w5_models // scale.w5_cache
+    base_trace = trace.zipf_trace(source, TRACE_LENGTH)
+    platform = PlatformEmulator(capacity, lambda name: str(bench.models.contract / name))
+    with bench.mms() as server:
+        idle = server.pss_bytes()
+
+        async def call(conn: Connection, i: int) -> bool:
+            return await platform.invoke(conn, bench.models.name(base_trace[i]), ROW)
+
+        with PeakMemory(server) as memory:
+            load = asyncio.run(
+                loadgen.drive(server.url, call, CONCURRENCY, scale.w5_seconds, len(base_trace))
+            )
+    hit_ratio = platform.hits / max(1, platform.hits + platform.misses)
+    numbers = _w5_numbers(
+        load, hit_ratio, trace.lru_hit_ratio(base_trace[: load.requests], capacity), memory.peak, idle
+    )
+    numbers.update(models=float(source), cache=float(capacity))
+    return numbers
+
+
+def _w5_rows(bench: Bench, results: dict[str, dict[str, float]]) -> list[Row]:
+    scale = bench.scale
+    base = results.get("baseline")
+    note = f"baseline: {int(base['models']):,} models, cache {int(base['cache'])}" if base else ""
+    name = f"W5 MME, {scale.w5_models:,} models, cache {scale.w5_cache:,}"
+    rows = []
+    for key, metric, unit, higher in (
+        ("rps", "req/s, Zipf s=1.1, concurrency 16", "req/s", True),
+        ("p50", "p50", "ms", False),
+        ("p99", "p99", "ms", False),
+        ("errors", "errors", "count", False),
+        ("hit_ratio", "hit ratio", "%", True),
+        ("lru_hit_ratio", "exact LRU hit ratio, same trace", "%", True),
+        ("peak_mib", "peak memory of all server processes (PSS)", "MiB", False),
+        ("model_peak_mib", "peak memory above the idle server", "MiB", False),
+    ):
+        values = {side: numbers[key] for side, numbers in results.items()}
+        # Memory grows with the cache's size, and the baseline's cache is smaller: no ratio for it.
+        comparable = unit != "MiB"
+        rows.append(
+            pair(f"w5.{key}", name, metric, unit, values, higher, note if key == "rps" else "", comparable)
+        )
+    rows.append(
+        Row(
+            "w5.budget",
+            name,
+            "memory budget (--memory-budget)",
+            "MiB",
+            results["ours"]["budget_mib"],
+            None,
+            False,
+            f"--max-models {scale.w5_cache}",
+        )
+    )
+    return rows
