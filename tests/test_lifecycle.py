@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import re
 import signal
 import socket
@@ -50,6 +51,16 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def ping(connection: http.client.HTTPConnection) -> int | str:
+    try:
+        connection.request("GET", "/ping")
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (http.client.RemoteDisconnected, ConnectionError):
+        return "closed"
+
+
 def accepts_connections(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -81,8 +92,13 @@ def test_sigterm_finishes_every_request_in_flight(start_server, folder, tmp_path
                 assert warmed.acquire(timeout=60)
             # Only the held calls are left to be in flight (plus the scrape asking).
             wait_until(lambda: in_flight(server.url) == CLIENTS + 1, "every held call in flight")
+            idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            assert ping(idle) == 200
             server.proc.send_signal(signal.SIGTERM)
             wait_until(lambda: "draining signal=SIGTERM" in server.output(), "the drain to start")
+            # Until uvicorn closes idle keep-alive connections (its next 0.1 s tick), a health check
+            # on one is answered, and must be red; after, the connection is gone. Never green.
+            assert ping(idle) in (503, "closed")
             wait_until(lambda: not accepts_connections(server.port), "listening socket closed")
             assert server.proc.poll() is None  # still up: its requests are not done
         finally:
