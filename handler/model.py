@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xgboost as xgb
 
 from handler import user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
+from handler.treewalk import MAX_ROWS, TreeWalker
 
 # A user's input_fn/output_fn expect a concrete media type where the request named none, as with the toolkit.
 DEFAULT_CONTENT_TYPE = "text/csv"
@@ -79,9 +82,10 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
         # The server runs requests in parallel; a Booster using every core per request would oversubscribe.
         model.set_param({"nthread": 1})
         n_features = model.num_features()
-        size_bytes = defaults.size_bytes(model)
+        size_bytes, walker = _measure(model, compile_walker="predict_fn" not in user)
     else:
         n_features = None  # a user's own model type: its width and size are unknowable, so judge by its files
+        walker = None
         size_bytes = sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file())
 
     # Each step takes (first, second, context), bound here once so invoke does no per-request dispatch.
@@ -96,14 +100,44 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
     else:
-        predict_fn = defaults.predict_fn
-        predict_step = lambda data, model, context: predict_fn(data, model)  # noqa: E731
+        predict_step = _default_predict_step(walker)
     if "output_fn" in user:
         output_step = _user_output_step(_user_step("output_fn", user["output_fn"]))
     else:
         output_fn = defaults.output_fn
         output_step = lambda prediction, accept, context: output_fn(prediction, accept)  # noqa: E731
     return LoadedModel(model, input_step, predict_step, output_step, size_bytes)
+
+
+def _measure(booster: xgb.Booster, *, compile_walker: bool) -> tuple[int, TreeWalker | None]:
+    """The Booster's size, and its walker, computed on a short-lived thread.
+
+    XGBoost keeps the last buffer each C-API call returned (a serialised model, a prediction) in a
+    per-thread cache that only the thread freeing the Booster clears: done on a long-lived pool thread,
+    it would double every model's memory for as long as that thread lives.
+    """
+
+    def work() -> tuple[int, TreeWalker | None]:
+        walker = TreeWalker.compile(booster) if compile_walker else None
+        return defaults.size_bytes(booster) + (walker.nbytes if walker else 0), walker
+
+    with ThreadPoolExecutor(max_workers=1) as scratch:
+        return scratch.submit(work).result()
+
+
+def _default_predict_step(walker: TreeWalker | None) -> Step:
+    predict_fn = defaults.predict_fn
+    if walker is None:
+        return lambda data, model, context: predict_fn(data, model)
+    walk, max_rows = walker.predict, MAX_ROWS
+
+    def step(data: Any, model: Any, context: Context) -> Any:
+        # A real-time request is a row or a few: walking them beats XGBoost's fixed per-call cost.
+        if type(data) is np.ndarray and len(data) <= max_rows:
+            return walk(data)
+        return predict_fn(data, model)
+
+    return step
 
 
 def _user_model(model_fn: Callable[..., Any], model_dir: Path) -> Any:

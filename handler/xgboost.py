@@ -9,7 +9,6 @@ import io
 import pickle
 import re
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +123,7 @@ def size_bytes(booster: xgb.Booster) -> int:
     to 2.3 MB of UBJSON (1-1000 trees, depth 1-8) fits 2 KiB + 1.17 x UBJSON size within -17%..+20%; the
     rounder 3 KiB + 1.25 x errs towards overestimating (-11%..+29%), which is safer for a memory budget.
     """
-    # XGBoost keeps the last buffer a C-API call returned in a thread-local cache for as long as the Booster
-    # lives, which would double the model's memory; serialising on a short-lived thread frees it as it ends.
-    with ThreadPoolExecutor(max_workers=1) as serialiser:
-        ubjson_size = serialiser.submit(lambda: len(booster.save_raw("ubj"))).result()
-    return 3 * 1024 + int(1.25 * ubjson_size)
+    return 3 * 1024 + int(1.25 * len(booster.save_raw("ubj")))
 
 
 def _unpickle(data: bytes, source: str) -> xgb.Booster:

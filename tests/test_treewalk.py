@@ -1,0 +1,79 @@
+"""The tree walker must predict bit for bit what XGBoost predicts, or step aside."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from conftest import N_FEATURES, train_booster
+
+from handler.treewalk import TreeWalker
+
+
+def random_rows(n: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.random((n, N_FEATURES), dtype=np.float32)
+    rows[rng.random(rows.shape) < 0.15] = np.nan
+    return rows
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"rounds": 1},
+        {"rounds": 25, "max_depth": 5},
+        {"rounds": 40, "max_depth": 8, "seed": 3},
+        {"rounds": 10, "objective": "reg:absoluteerror"},
+        {"rounds": 10, "objective": "reg:pseudohubererror"},
+    ],
+)
+def test_walker_matches_xgboost_bit_for_bit(params):
+    booster = train_booster(**params)
+    walker = TreeWalker.compile(booster)
+    assert walker is not None
+    rows = random_rows(200)
+    ours = np.concatenate([walker.predict(rows[i : i + 4]) for i in range(0, 200, 4)])
+    assert np.array_equal(ours, booster.inplace_predict(rows))
+
+
+def test_walker_sees_missing_values_take_the_default_branch():
+    booster = train_booster(rounds=10)
+    walker = TreeWalker.compile(booster)
+    assert walker is not None
+    rows = np.full((1, N_FEATURES), np.nan, dtype=np.float32)
+    assert np.array_equal(walker.predict(rows), booster.inplace_predict(rows))
+
+
+def _classifier(objective: str, **params) -> xgb.Booster:
+    rng = np.random.default_rng(0)
+    x = rng.random((200, N_FEATURES), dtype=np.float32)
+    y = (x[:, 0] * 3).astype(int) if "multi" in objective else (x[:, 0] > 0.5).astype(int)
+    return xgb.train({"objective": objective, "nthread": 1, **params}, xgb.DMatrix(x, label=y), 5)
+
+
+@pytest.mark.parametrize(
+    "booster",
+    [
+        pytest.param(lambda: _classifier("binary:logistic"), id="logistic link"),
+        pytest.param(lambda: _classifier("multi:softprob", num_class=3), id="multi-class"),
+        pytest.param(lambda: _classifier("binary:logistic", booster="gblinear"), id="linear booster"),
+    ],
+)
+def test_models_it_cannot_reproduce_are_left_to_xgboost(booster):
+    assert TreeWalker.compile(booster()) is None
+
+
+def test_served_predictions_are_the_same_on_both_paths(tmp_path):
+    from handler.model import Context, load_model
+
+    booster = train_booster(seed=4, rounds=30, max_depth=6)
+    booster.save_model(str(tmp_path / "m.json"))
+    model = load_model(tmp_path)
+    rows = random_rows(9, seed=2)
+    rows[np.isnan(rows)] = 0.5  # CSV has no NaN spelling the codec accepts besides an empty field
+    body = "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+    context = Context(None, None)
+    one_by_one = [float(model.invoke(line, "text/csv", "text/csv", context)[0]) for line in body.splitlines()]
+    together = [float(v) for v in model.invoke(body, "text/csv", "text/csv", context)[0].splitlines()]
+    assert one_by_one == together  # the walker answered the single rows, XGBoost the batch
+    assert np.array_equal(np.array(together, dtype=np.float32), booster.inplace_predict(rows))
