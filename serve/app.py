@@ -193,9 +193,7 @@ class App:
             case ["ping"]:
                 return self._allow(method, "GET", "HEAD") or self.ping()
             case ["metrics"]:
-                return self._allow(method, "GET") or Response(
-                    200, generate_latest(self.registry), CONTENT_TYPE
-                )
+                return self._allow(method, "GET") or self.metrics()
             case ["status"]:
                 return self._allow(method, "GET") or self.status(request)
             case ["models"]:
@@ -227,6 +225,9 @@ class App:
         if not self.ready:
             return json_response({"status": "starting"}, 503)
         return json_response({"status": "healthy"})
+
+    def metrics(self) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE)
 
     def list_models(self, request: Request) -> Response:
         query = request.query

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             access_log=False,  # serve.logs writes the access lines
             log_config=None,  # uvicorn's loggers propagate to the handler logs.setup installed
             log_level=config.log_level,
-            timeout_graceful_shutdown=config.timeout_s,  # type: ignore[arg-type]  # a float works
+            timeout_graceful_shutdown=config.timeout_s,  # typed int, but a float works: it is a wait_for
         )
     )
     server.run()
