@@ -14,10 +14,9 @@ predictions differ from XGBoost's by a single bit, is left to XGBoost.
 from __future__ import annotations
 
 import array
-from typing import Any
+import re
 
 import numpy as np
-import orjson
 import xgboost as xgb
 
 # Objectives whose prediction is the raw margin: base_score plus the leaves, no transform.
@@ -31,6 +30,23 @@ IDENTITY_OBJECTIVES = {
 # Rows up to this many go through the walker; beyond, XGBoost's per-row speed wins.
 MAX_ROWS = 4
 _CHECK_ROWS = 16
+# The per-tree arrays the walk needs, in the order _from_json unpacks them.
+_TREE_KEYS = (b"left_children", b"right_children", b"split_indices", b"split_conditions", b"default_left",
+              b"split_type")  # fmt: skip
+
+
+def _field(raw: bytes, key: bytes) -> str | None:
+    """A string field ("base_score":"[1.0E4]") or an object's name ("objective":{"name":"..."})."""
+    match = re.search(rb'"' + key + rb'":(?:\{"name":)?"([^"]*)"', raw)
+    return match.group(1).decode() if match else None
+
+
+def _lists(raw: bytes, key: bytes) -> list[np.ndarray]:
+    """Every tree's numeric list under `key`, in tree order."""
+    found = re.findall(rb'"' + key + rb'":\[([^\]]*)\]', raw)
+    return [
+        np.fromstring(text.decode(), dtype=np.float64, sep=",") if text else np.zeros(0) for text in found
+    ]
 
 
 class TreeWalker:
@@ -38,7 +54,7 @@ class TreeWalker:
 
     __slots__ = ("_base", "_roots", "_feature", "_threshold", "_left", "_right", "_missing", "nbytes")
 
-    def __init__(self, base: float, roots: list[int], feature, threshold, left, right, missing) -> None:
+    def __init__(self, base: float, roots: array.array, feature, threshold, left, right, missing) -> None:
         self._base = base
         self._roots = roots
         self._feature = feature
@@ -47,66 +63,63 @@ class TreeWalker:
         self._right = right
         self._missing = missing
         arrays = (feature, threshold, left, right, missing)
-        self.nbytes = sum(a.itemsize * len(a) for a in arrays) + 8 * len(roots)
+        self.nbytes = sum(a.itemsize * len(a) for a in (*arrays, roots))
 
     @classmethod
     def compile(cls, booster: xgb.Booster) -> TreeWalker | None:
         """A walker that predicts exactly what `booster` does, or None where it cannot promise that."""
-        walker = cls._from_json(orjson.loads(bytes(booster.save_raw("json"))))
+        walker = cls._from_json(bytes(booster.save_raw("json")))
         if walker is None or not walker._agrees_with(booster):
             return None
         return walker
 
     @classmethod
-    def _from_json(cls, model: dict[str, Any]) -> TreeWalker | None:
-        learner = model["learner"]
-        booster = learner["gradient_booster"]
-        params = learner["learner_model_param"]
-        if booster.get("name") != "gbtree" or learner["objective"]["name"] not in IDENTITY_OBJECTIVES:
+    def _from_json(cls, raw: bytes) -> TreeWalker | None:
+        # Read with regular expressions and numpy rather than a JSON parser: parsing builds a Python object
+        # per number, and the few long-lived objects made meanwhile would pin the allocator's arenas, so
+        # memory would not go back to the system when models are unloaded. Whatever this misreads, the
+        # check against XGBoost's own predictions catches.
+        header = {key: _field(raw, key) for key in (b"objective", b"base_score", b"num_class", b"num_target")}
+        if not re.search(rb'"name":"gbtree"\},"learner_model_param"', raw):
             return None
-        if int(params.get("num_class", "0")) > 1 or int(params.get("num_target", "1")) != 1:
+        if header[b"objective"] not in IDENTITY_OBJECTIVES or header[b"num_class"] not in (None, "0", "1"):
             return None
-        base = params["base_score"].strip("[]")
-        if "," in base:
+        base = (header[b"base_score"] or "").strip("[]")
+        if header[b"num_target"] not in (None, "1") or not base or "," in base:
             return None
-        parts: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("feature", "threshold", "left", "right", "missing")
-        }
+        if re.search(rb'"categories_nodes":\[[^\]]', raw) or re.search(rb'"size_leaf_vector":"(?!1")', raw):
+            return None
+        columns = {key: _lists(raw, key) for key in _TREE_KEYS}
+        counts = {len(v) for v in columns.values()}
+        if len(counts) != 1 or counts == {0}:
+            return None
+        feature, threshold, left, right, missing = [], [], [], [], []
         roots: list[int] = []
         offset = 0
-        for tree in booster["model"]["trees"]:
-            if tree.get("categories_nodes") or any(tree.get("split_type", [])):
-                return None
-            if int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
+        for lo, hi, index, condition, default_left, split_type in zip(*columns.values(), strict=True):
+            if split_type.any():  # a categorical split
                 return None
             roots.append(offset)
-            lo = np.asarray(tree["left_children"], dtype=np.int32)
-            hi = np.asarray(tree["right_children"], dtype=np.int32)
             leaf = lo == -1
-            default_left = np.asarray(tree["default_left"], dtype=bool)
-            parts["feature"].append(np.where(leaf, -1, np.asarray(tree["split_indices"], dtype=np.int32)))
-            parts["threshold"].append(np.asarray(tree["split_conditions"], dtype=np.float32))
-            parts["left"].append(np.where(leaf, 0, lo + offset))
-            parts["right"].append(np.where(leaf, 0, hi + offset))
-            parts["missing"].append(np.where(leaf, 0, np.where(default_left, lo, hi) + offset))
+            feature.append(np.where(leaf, -1, index))
+            threshold.append(condition.astype(np.float32))
+            left.append(np.where(leaf, 0, lo + offset))
+            right.append(np.where(leaf, 0, hi + offset))
+            missing.append(np.where(leaf, 0, np.where(default_left != 0, lo, hi) + offset))
             offset += len(lo)
-        if not roots:
-            return None
-        flat = {k: np.concatenate(v) for k, v in parts.items()}
-        # array.array indexes to plain Python numbers, several times faster per access than numpy scalars.
-        ints = {
-            k: array.array("i", flat[k].astype(np.int32).tobytes())
-            for k in ("feature", "left", "right", "missing")
-        }
-        threshold = array.array("f", flat["threshold"].tobytes())
+
+        def ints(parts: list[np.ndarray]) -> array.array:
+            # array.array indexes to plain Python numbers, several times faster per access than numpy's.
+            return array.array("i", np.concatenate(parts).astype(np.int32).tobytes())
+
         return cls(
             float(np.float32(float(base))),
-            roots,
-            ints["feature"],
-            threshold,
-            ints["left"],
-            ints["right"],
-            ints["missing"],
+            array.array("i", roots),
+            ints(feature),
+            array.array("f", np.concatenate(threshold).tobytes()),
+            ints(left),
+            ints(right),
+            ints(missing),
         )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
