@@ -215,7 +215,11 @@ class ModelCache:
             raise DoesNotFit(
                 f"model {name!r} needs about {estimate} bytes; the whole budget is {self.budget}"
             )
-        self._make_room(estimate, keep=name)
+        if self.eviction == "reject":
+            # SageMaker wants its 507 before any work, to pick what to unload and retry.
+            self._make_room(estimate, keep=name)
+        # Under LRU nothing is evicted until the new model has loaded: a load that fails (a corrupt
+        # artifact, a name that does not exist) must cost no other model its place.
         self._reserved += estimate
         started = time.monotonic()
         try:
@@ -229,7 +233,6 @@ class ModelCache:
             error = f"model {name!r} takes {loaded.size} bytes; the whole budget is {self.budget}"
             self._emit(name, "load_failed", {"error": error})
             raise DoesNotFit(error)
-        # The measured size may exceed the estimate: make room again, now for the real number.
         self._make_room(loaded.size, keep=name)
         if previous is not None and self._entries.get(name) is previous:
             self._remove(name)

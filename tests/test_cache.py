@@ -211,3 +211,20 @@ def test_a_caller_that_stops_waiting_does_not_cancel_the_load(pool):
 
     run(main())
     assert loader.calls == {"a": 1}
+
+
+def test_a_failed_load_evicts_nothing(pool):
+    loader = CountingLoader()
+
+    def corrupt() -> Loaded:
+        raise ValueError("not a model")
+
+    async def main():
+        cache = ModelCache(200, pool, eviction="lru", max_models=2)
+        await cache.load("a", "u", loader("a", 100), estimate=100)
+        await cache.load("b", "u", loader("b", 100), estimate=100)
+        with pytest.raises(ValueError):
+            await cache.load("bad", "u", corrupt, estimate=100)
+        return cache.sorted_names()
+
+    assert run(main()) == ["a", "b"]

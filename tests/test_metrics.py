@@ -47,9 +47,8 @@ def test_scripted_traffic_gives_exact_counts(start_server, tmp_path: Path, artif
             ("m0.tar.gz", ROW, 200),  # hit; m1 is now the least recently used
             ("m2.tar.gz", ROW, 200),  # miss: load m2, evicting m1 (max_models)
             ("m0.tar.gz", "not,a,number,row,at,all", 424),  # hit, and the model rejects the body
-            # miss: not in the folder, a failed load; the cache made room for it first, evicting m2
-            ("Missing.tar.gz", ROW, 400),
-            ("m1.tar.gz", ROW, 200),  # miss: load m1 again
+            ("Missing.tar.gz", ROW, 400),  # miss: not in the folder, a failed load that evicts nothing
+            ("m1.tar.gz", ROW, 200),  # miss: load m1 again, evicting m2 (m0 was used since)
         ]
         for target, body, status in script:
             assert invoke(client, target, body) == status, target
