@@ -73,8 +73,29 @@ def _text_value(value: Any) -> str:
     return text if _PLAIN.fullmatch(text) else orjson.dumps(text).decode()
 
 
+def _access_text(level: int, fields: dict[str, Any]) -> str:
+    pairs = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+    return f"{_timestamp(time.time())} {logging.getLevelName(level)} {ACCESS.name}: request {pairs}\n"
+
+
+def _access_json(level: int, fields: dict[str, Any]) -> str:
+    line = {
+        "ts": _timestamp(time.time()),
+        "level": logging.getLevelName(level).lower(),
+        "logger": ACCESS.name,
+    }
+    return orjson.dumps({**line, "event": "request", **fields}, default=str).decode() + "\n"
+
+
+# The same line the formatters would make, written without a LogRecord: the logging machinery was a
+# fifth of a small request's cost.
+_format_access = _access_text
+
+
 def setup(log_format: str, level: str) -> None:
     """Send every logger, uvicorn's included, through one stderr handler in the chosen format."""
+    global _format_access
+    _format_access = _access_json if log_format == "json" else _access_text
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -105,7 +126,7 @@ def access(request: Request, model: str | None, status: int, seconds: float, byt
         "bytes_in": int(request.headers.get("content-length") or 0),
         "bytes_out": bytes_out,
     }
-    ACCESS.log(level, "request", extra={"fields": fields})
+    sys.stderr.write(_format_access(level, fields))
 
 
 def model_event(name: str, event_name: str, details: dict[str, Any]) -> None:
