@@ -131,9 +131,11 @@ class TreeWalker:
             self._right,
             self._missing,
         )
-        out = np.empty(len(rows), dtype=np.float32)
+        out = array.array("f", bytes(4 * len(rows)))
         for i, row in enumerate(rows.tolist()):
-            leaves = [self._base]
+            # XGBoost adds each tree's leaf to a float32 total. Adding in double and storing into a float32
+            # slot rounds each step to exactly that: double has more than twice float32's precision.
+            out[i] = self._base
             for node in self._roots:
                 f = feature[node]
                 while f >= 0:
@@ -146,9 +148,8 @@ class TreeWalker:
                     else:
                         node = missing[node]
                     f = feature[node]
-                leaves.append(threshold[node])
-            out[i] = np.cumsum(np.array(leaves, dtype=np.float32))[-1]
-        return out
+                out[i] = out[i] + threshold[node]
+        return np.frombuffer(out, dtype=np.float32)
 
     def _agrees_with(self, booster: xgb.Booster) -> bool:
         """Bit-for-bit equal to XGBoost on rows that reach every side of the thresholds, NaN included."""

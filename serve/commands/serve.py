@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
             http="httptools",
             lifespan="on",
             access_log=False,  # serve.logs writes the access lines
+            # No proxy sits in front of a SageMaker container; the middleware cost every request.
+            proxy_headers=False,
+            server_header=False,
             log_config=None,  # uvicorn's loggers propagate to the handler logs.setup installed
             log_level=config.log_level,
             timeout_graceful_shutdown=config.timeout_s,  # typed int, but a float works: it is a wait_for
