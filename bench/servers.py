@@ -141,6 +141,8 @@ def start_mms(work: Path, python: Path, name: str = "mms") -> Server:
     port = free_port()
     home = work / "mms"
     (home / "tmp").mkdir(parents=True, exist_ok=True)
+    # A killed MMS leaves its pid file, and a reused or unreaped pid then reads as "already running".
+    (home / "tmp" / ".model_server.pid").unlink(missing_ok=True)
     env = dict(os.environ)
     env.update(
         SAGEMAKER_MULTI_MODEL="true",

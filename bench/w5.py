@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+from collections import Counter
 
 import httpx
 
@@ -84,10 +85,12 @@ def w5(bench: Bench) -> list[Row]:
     with bench.ours(*args, name="ours-w5") as server, http_client(server) as client:
         idle = server.pss_bytes()
         before = _cache_counts(client)
+        failed: Counter[int] = Counter()  # status -> answers, to say what went wrong if anything did
 
         async def call(conn: Connection, i: int) -> bool:
             headers = {**CSV, "X-Amzn-SageMaker-Target-Model": bench.models.target(ours_trace[i])}
             status, _ = await conn.request("POST", "/invocations", ROW, headers)
+            failed[status] += status != 200
             return status == 200
 
         with PeakMemory(server) as memory:
@@ -110,7 +113,8 @@ def w5(bench: Bench) -> list[Row]:
     shutil.rmtree(cache, ignore_errors=True)
     if bench.mms_python is not None:
         results["baseline"] = _w5_baseline(bench)
-    return _w5_rows(bench, results)
+    statuses = ", ".join(f"{count} × {status}" for status, count in sorted(failed.items()) if count)
+    return _w5_rows(bench, results, f"ours: {statuses}" if statuses else "")
 
 
 def _w5_numbers(load: LoadResult, hit_ratio: float, lru: float, peak: int, idle: int) -> dict[str, float]:
@@ -154,7 +158,7 @@ def _w5_baseline(bench: Bench) -> dict[str, float]:
     return numbers
 
 
-def _w5_rows(bench: Bench, results: dict[str, dict[str, float]]) -> list[Row]:
+def _w5_rows(bench: Bench, results: dict[str, dict[str, float]], errors_note: str) -> list[Row]:
     scale = bench.scale
     base = results.get("baseline")
     note = f"baseline: {int(base['models']):,} models, cache {int(base['cache'])}" if base else ""
@@ -173,9 +177,8 @@ def _w5_rows(bench: Bench, results: dict[str, dict[str, float]]) -> list[Row]:
         values = {side: numbers[key] for side, numbers in results.items()}
         # Memory grows with the cache's size, and the baseline's cache is smaller: no ratio for it.
         comparable = unit != "MiB"
-        rows.append(
-            pair(f"w5.{key}", name, metric, unit, values, higher, note if key == "rps" else "", comparable)
-        )
+        row_note = {"rps": note, "errors": errors_note}.get(key, "")
+        rows.append(pair(f"w5.{key}", name, metric, unit, values, higher, row_note, comparable))
     rows.append(
         Row(
             "w5.budget",

@@ -272,7 +272,7 @@ def w3(bench: Bench) -> list[Row]:
             ("pss_mib", "memory of all server processes (PSS)", "MiB", same),
             ("per_model_kib", "memory per model", "KiB", True),
         ):
-            pair = {side: numbers[key] for side, numbers in values.items()}
+            sides = {side: numbers[key] for side, numbers in values.items()}
             higher = key == "count"
             rows.append(
                 pair(
@@ -280,7 +280,7 @@ def w3(bench: Bench) -> list[Row]:
                     workload,
                     metric,
                     unit,
-                    pair,
+                    sides,
                     higher,
                     note if key == "count" else "",
                     comparable,
