@@ -8,6 +8,7 @@ the toolkit does: a parameter named `context`, or one positional parameter more 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,10 +18,9 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from handler import user_code
+from handler import treewalk, user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
-from handler.treewalk import MAX_ROWS, TreeWalker
 
 # A user's input_fn/output_fn expect a concrete media type where the request named none, as with the toolkit.
 DEFAULT_CONTENT_TYPE = "text/csv"
@@ -82,10 +82,12 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
         # The server runs requests in parallel; a Booster using every core per request would oversubscribe.
         model.set_param({"nthread": 1})
         n_features = model.num_features()
-        size_bytes, walker = _measure(model, compile_walker="predict_fn" not in user)
+        ubjson_size = _on_a_short_lived_thread(lambda: len(model.save_raw("ubj")))
+        size_bytes = defaults.size_bytes(ubjson_size)
+        if "predict_fn" not in user:
+            size_bytes += treewalk.estimated_nbytes(ubjson_size)  # counted now: the walker may come later
     else:
         n_features = None  # a user's own model type: its width and size are unknowable, so judge by its files
-        walker = None
         size_bytes = sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file())
 
     # Each step takes (first, second, context), bound here once so invoke does no per-request dispatch.
@@ -100,7 +102,7 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
     else:
-        predict_step = _default_predict_step(walker)
+        predict_step = WalkingPredict(model) if isinstance(model, xgb.Booster) else _plain_predict
     if "output_fn" in user:
         output_step = _user_output_step(_user_step("output_fn", user["output_fn"]))
     else:
@@ -109,35 +111,57 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
     return LoadedModel(model, input_step, predict_step, output_step, size_bytes)
 
 
-def _measure(booster: xgb.Booster, *, compile_walker: bool) -> tuple[int, TreeWalker | None]:
-    """The Booster's size, and its walker, computed on a short-lived thread.
+def _on_a_short_lived_thread(work: Callable[[], Any]) -> Any:
+    """work() on a thread that ends right after.
 
     XGBoost keeps the last buffer each C-API call returned (a serialised model, a prediction) in a
     per-thread cache that only the thread freeing the Booster clears: done on a long-lived pool thread,
     it would double every model's memory for as long as that thread lives.
     """
-
-    def work() -> tuple[int, TreeWalker | None]:
-        walker = TreeWalker.compile(booster) if compile_walker else None
-        return defaults.size_bytes(booster) + (walker.nbytes if walker else 0), walker
-
     with ThreadPoolExecutor(max_workers=1) as scratch:
         return scratch.submit(work).result()
 
 
-def _default_predict_step(walker: TreeWalker | None) -> Step:
-    predict_fn = defaults.predict_fn
-    if walker is None:
-        return lambda data, model, context: predict_fn(data, model)
-    walk, max_rows = walker.predict, MAX_ROWS
+def _plain_predict(data: Any, model: Any, context: Context) -> Any:
+    return defaults.predict_fn(data, model)
 
-    def step(data: Any, model: Any, context: Context) -> Any:
+
+class WalkingPredict:
+    """The default predict step of a Booster: XGBoost, until a tree walker takes over small requests.
+
+    Compiling a walker costs a few times what loading the model does, so it is done only for a model
+    that is used (at its WARM_AFTER-th call), beside the request path, on a thread of its own.
+    """
+
+    WARM_AFTER = 2
+    __slots__ = ("_booster", "_calls", "_walk", "compiled", "_compiling")
+
+    def __init__(self, booster: xgb.Booster) -> None:
+        self._booster = booster
+        self._calls = 0
+        self._walk: Callable[[np.ndarray], np.ndarray] | None = None
+        self.compiled = threading.Event()  # set once the walker is in place, or known impossible
+        self._compiling = False
+
+    def __call__(self, data: Any, model: Any, context: Context) -> Any:
+        walk = self._walk
         # A real-time request is a row or a few: walking them beats XGBoost's fixed per-call cost.
-        if type(data) is np.ndarray and len(data) <= max_rows:
+        if walk is not None and type(data) is np.ndarray and len(data) <= treewalk.MAX_ROWS:
             return walk(data)
-        return predict_fn(data, model)
+        if not self._compiling:
+            self._calls += 1
+            if self._calls >= self.WARM_AFTER:
+                self._compiling = True
+                threading.Thread(target=self._compile, name="walker", daemon=True).start()
+        return defaults.predict_fn(data, model)
 
-    return step
+    def _compile(self) -> None:
+        try:
+            walker = treewalk.TreeWalker.compile(self._booster)
+            if walker is not None:
+                self._walk = walker.predict
+        finally:
+            self.compiled.set()
 
 
 def _user_model(model_fn: Callable[..., Any], model_dir: Path) -> Any:

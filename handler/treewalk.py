@@ -30,6 +30,8 @@ IDENTITY_OBJECTIVES = {
 # Rows up to this many go through the walker; beyond, XGBoost's per-row speed wins.
 MAX_ROWS = 4
 _CHECK_ROWS = 16
+# A walker takes ~20 bytes a node, a model's UBJSON ~60: a third of the UBJSON size, rounded up.
+_NBYTES_PER_UBJSON_BYTE = 0.4
 # The per-tree arrays the walk needs, in the order _from_json unpacks them.
 _TREE_KEYS = (b"left_children", b"right_children", b"split_indices", b"split_conditions", b"default_left",
               b"split_type")  # fmt: skip
@@ -41,12 +43,17 @@ def _field(raw: bytes, key: bytes) -> str | None:
     return match.group(1).decode() if match else None
 
 
-def _lists(raw: bytes, key: bytes) -> list[np.ndarray]:
-    """Every tree's numeric list under `key`, in tree order."""
+def _column(raw: bytes, key: bytes) -> tuple[np.ndarray, list[int]]:
+    """Every tree's numeric list under `key`, concatenated in tree order, and each tree's length."""
     found = re.findall(rb'"' + key + rb'":\[([^\]]*)\]', raw)
-    return [
-        np.fromstring(text.decode(), dtype=np.float64, sep=",") if text else np.zeros(0) for text in found
-    ]
+    lengths = [text.count(b",") + 1 if text else 0 for text in found]
+    joined = b",".join(text for text in found if text).decode()
+    return np.fromstring(joined, dtype=np.float64, sep=",") if joined else np.zeros(0), lengths
+
+
+def estimated_nbytes(ubjson_size: int) -> int:
+    """What a walker of a model of this UBJSON size will take, before it is compiled."""
+    return int(_NBYTES_PER_UBJSON_BYTE * ubjson_size)
 
 
 class TreeWalker:
@@ -89,37 +96,30 @@ class TreeWalker:
             return None
         if re.search(rb'"categories_nodes":\[[^\]]', raw) or re.search(rb'"size_leaf_vector":"(?!1")', raw):
             return None
-        columns = {key: _lists(raw, key) for key in _TREE_KEYS}
-        counts = {len(v) for v in columns.values()}
-        if len(counts) != 1 or counts == {0}:
+        columns = {key: _column(raw, key) for key in _TREE_KEYS}
+        lengths = columns[b"left_children"][1]
+        if not lengths or any(found[1] != lengths for found in columns.values()):
             return None
-        feature, threshold, left, right, missing = [], [], [], [], []
-        roots: list[int] = []
-        offset = 0
-        for lo, hi, index, condition, default_left, split_type in zip(*columns.values(), strict=True):
-            if split_type.any():  # a categorical split
-                return None
-            roots.append(offset)
-            leaf = lo == -1
-            feature.append(np.where(leaf, -1, index))
-            threshold.append(condition.astype(np.float32))
-            left.append(np.where(leaf, 0, lo + offset))
-            right.append(np.where(leaf, 0, hi + offset))
-            missing.append(np.where(leaf, 0, np.where(default_left != 0, lo, hi) + offset))
-            offset += len(lo)
+        lo, hi, index, condition, default_left, split_type = (columns[key][0] for key in _TREE_KEYS)
+        if split_type.any():  # a categorical split
+            return None
+        starts = np.cumsum([0, *lengths[:-1]], dtype=np.int64)
+        offset = np.repeat(starts, lengths)
+        leaf = lo == -1
+        lo, hi = lo.astype(np.int64), hi.astype(np.int64)
 
-        def ints(parts: list[np.ndarray]) -> array.array:
+        def ints(values: np.ndarray) -> array.array:
             # array.array indexes to plain Python numbers, several times faster per access than numpy's.
-            return array.array("i", np.concatenate(parts).astype(np.int32).tobytes())
+            return array.array("i", values.astype(np.int32).tobytes())
 
         return cls(
             float(np.float32(float(base))),
-            array.array("i", roots),
-            ints(feature),
-            array.array("f", np.concatenate(threshold).tobytes()),
-            ints(left),
-            ints(right),
-            ints(missing),
+            ints(starts),
+            ints(np.where(leaf, -1, index)),
+            array.array("f", condition.astype(np.float32).tobytes()),
+            ints(np.where(leaf, 0, lo + offset)),
+            ints(np.where(leaf, 0, hi + offset)),
+            ints(np.where(leaf, 0, np.where(default_left != 0, lo, hi) + offset)),
         )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:

@@ -116,14 +116,14 @@ def format_name(data: bytes) -> str:
     return "legacy binary"
 
 
-def size_bytes(booster: xgb.Booster) -> int:
-    """Estimated resident memory of a loaded Booster.
+def size_bytes(ubjson_size: int) -> int:
+    """Estimated resident memory of a loaded Booster whose UBJSON serialisation takes ubjson_size bytes.
 
     Calibrated with psutil: RSS growth over 60-1000 loads (one fresh process per model) of models of 1.5 KB
     to 2.3 MB of UBJSON (1-1000 trees, depth 1-8) fits 2 KiB + 1.17 x UBJSON size within -17%..+20%; the
     rounder 3 KiB + 1.25 x errs towards overestimating (-11%..+29%), which is safer for a memory budget.
     """
-    return 3 * 1024 + int(1.25 * len(booster.save_raw("ubj")))
+    return 3 * 1024 + int(1.25 * ubjson_size)
 
 
 def _unpickle(data: bytes, source: str) -> xgb.Booster:

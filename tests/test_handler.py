@@ -385,14 +385,25 @@ def test_failing_user_functions_raise_handler_errors_naming_them(
 _MEASURE_RSS = """
 import gc, sys
 import psutil
-from handler.model import load_model
+from handler.model import Context, WalkingPredict, load_model
 
 folder, count = sys.argv[1], int(sys.argv[2])
 process = psutil.Process()
-warm = [load_model(folder) for _ in range(5)]
+
+
+def in_use():
+    # A model in use: invoked until its tree walker, which its size counts, is in place.
+    model = load_model(folder)
+    for _ in range(WalkingPredict.WARM_AFTER):
+        model.invoke(b"0.5,0.5,0.5,0.5,0.5,0.5", "text/csv", None, Context(None, None))
+    model._predict.compiled.wait(30)
+    return model
+
+
+warm = [in_use() for _ in range(5)]
 gc.collect()
 before = process.memory_info().rss
-kept = [load_model(folder) for _ in range(count)]
+kept = [in_use() for _ in range(count)]
 gc.collect()
 print((process.memory_info().rss - before) / count, kept[0].size_bytes)
 """

@@ -64,7 +64,7 @@ def test_models_it_cannot_reproduce_are_left_to_xgboost(booster):
 
 
 def test_served_predictions_are_the_same_on_both_paths(tmp_path):
-    from handler.model import Context, load_model
+    from handler.model import Context, WalkingPredict, load_model
 
     booster = train_booster(seed=4, rounds=30, max_depth=6)
     booster.save_model(str(tmp_path / "m.json"))
@@ -73,6 +73,9 @@ def test_served_predictions_are_the_same_on_both_paths(tmp_path):
     rows[np.isnan(rows)] = 0.5  # CSV has no NaN spelling the codec accepts besides an empty field
     body = "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
     context = Context(None, None)
+    for _ in range(WalkingPredict.WARM_AFTER):  # a model in use gets its walker
+        model.invoke(body, "text/csv", "text/csv", context)
+    assert model._predict.compiled.wait(30)
     one_by_one = [float(model.invoke(line, "text/csv", "text/csv", context)[0]) for line in body.splitlines()]
     together = [float(v) for v in model.invoke(body, "text/csv", "text/csv", context)[0].splitlines()]
     assert one_by_one == together  # the walker answered the single rows, XGBoost the batch
