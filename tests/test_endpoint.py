@@ -259,3 +259,23 @@ def test_without_a_source_the_runtime_route_says_so(start_server, tmp_path):
     server = start_server("--model-root", str(tmp_path))
     code, response = error_of(lambda: invoke(runtime(server.url), "A.tar.gz"))
     assert code == "ValidationError" and "--models" in response["Error"]["Message"]
+
+
+def test_concurrent_first_calls_download_and_load_once(start_server, folder, artifact_bytes):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = start_server("--models", str(folder))
+    client = runtime(server.url)
+    want = predict_artifact(artifact_bytes(1), X)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        bodies = list(
+            pool.map(lambda _: json.loads(invoke(client, "Houston_TX.tar.gz")["Body"].read()), range(16))
+        )
+    assert all(np.allclose(body, want) for body in bodies)
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)
+        for sample in family.samples
+    }
+    assert samples["mme_model_loads_total"] == 1
+    assert samples["mme_model_downloading_seconds_count"] == 1
