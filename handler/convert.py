@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from serve.errors import CommandError
+from serve.files import atomic_write
 
 HELP = (
     "Re-save a pickled XGBoost model (as SageMaker XGBoost 0.90/1.0 images wrote them) as UBJSON. "
@@ -124,15 +123,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     if path.is_dir():
         raise CommandError(f"{path} is a folder; DST must be a file path")
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(handle, "wb") as out:
+        with atomic_write(path) as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
     except OSError as exc:
-        os.unlink(temporary)
         raise CommandError(f"cannot write {path}: {exc.strerror}") from None

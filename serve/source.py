@@ -10,12 +10,13 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
+from serve.files import atomic_write
 from serve.s3 import parse_s3_url, s3_client
 
 MAX_NAME_BYTES = 1024  # S3's own key limit
@@ -104,17 +105,6 @@ def _is_valid(name: str) -> bool:
     return True
 
 
-def _write_atomically(dest: Path, fill: Callable[[IO[bytes]], None]) -> None:
-    """Write dest through a sibling temp file, so dest only ever holds a complete artifact."""
-    part = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(part, "wb") as out:
-            fill(out)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
-
-
 class FolderSource:
     """Artifacts in a local folder, nested folders allowed; symlinks leading outside it are refused."""
 
@@ -171,7 +161,8 @@ class FolderSource:
         with src:
             # The open file's own stat describes exactly the bytes copied, even if the path is replaced now.
             version = _folder_version(os.fstat(src.fileno()))
-            _write_atomically(dest, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+            with atomic_write(dest) as out:
+                shutil.copyfileobj(src, out, 1 << 20)
         return version
 
     def put(self, name: str, artifact: Path, *, overwrite: bool) -> None:
@@ -255,7 +246,8 @@ class S3Source:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             body = response["Body"]
             try:
-                _write_atomically(dest, lambda out: shutil.copyfileobj(body, out, 1 << 20))
+                with atomic_write(dest) as out:
+                    shutil.copyfileobj(body, out, 1 << 20)
             finally:
                 body.close()
         return Version(response["ETag"].strip('"'), response["ContentLength"])

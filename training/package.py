@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import io
-import os
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 from serve.errors import CommandError
+from serve.files import atomic_write
 
 MODEL_MEMBER = "xgboost-model"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp name in the same folder, then rename: readers never see a half-written file."""
+    """Write `data` all or nothing; a failure is one CommandError line naming the file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with atomic_write(path) as out:
+            out.write(data)
     except OSError as exc:
         raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files; artifacts are meant to be read by a server
-        os.replace(temp, path)
-    except BaseException as exc:
-        os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
 
 
 def tar_gz(model: bytes) -> bytes:
