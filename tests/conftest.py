@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -61,21 +62,27 @@ def make_model_dir(tmp_path_factory) -> Callable[..., Path]:
     return make
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """moto's standalone server on 127.0.0.1, one per test session."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+@contextlib.contextmanager
+def python_server(args: list[str], port: int) -> Iterator[str]:
+    """`python ARGS` serving on 127.0.0.1:port for the block; yields its URL and stops it after."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def moto_server(port: int) -> contextlib.AbstractContextManager[str]:
+    return python_server(["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's standalone server on 127.0.0.1, one per test session."""
+    with moto_server(free_port()) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", autouse=True)

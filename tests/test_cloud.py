@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import boto3
 import pytest
-from conftest import free_port, wait_for_port
+from conftest import free_port, python_server
 
 from serve import cloud
 from serve.cli import main
@@ -46,17 +44,8 @@ main(["-H", "127.0.0.1", "-p", sys.argv[1]])
 @pytest.fixture(scope="module")
 def moto_with_update_endpoint() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", MOTO_WITH_UPDATE_ENDPOINT, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with python_server(["-c", MOTO_WITH_UPDATE_ENDPOINT, str(port)], port) as url:
+        yield url
 
 
 def point_at(monkeypatch: pytest.MonkeyPatch, endpoint_url: str) -> None:

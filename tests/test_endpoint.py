@@ -5,8 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from conftest import free_port, predict_artifact, wait_for_port
+from conftest import free_port, moto_server, predict_artifact
 
 ROW = "0.5,0.25,0.75,0.1,0.9,0.3"
 X = np.array([[0.5, 0.25, 0.75, 0.1, 0.9, 0.3]], dtype=np.float32)
@@ -164,38 +162,26 @@ def test_s3_source_through_moto(start_server, moto_endpoint, s3, bucket, artifac
     assert error_of(lambda: invoke(client, "Nope.tar.gz"))[0] == "ValidationError"
 
 
-def test_s3_store_down_is_503_and_recovers(start_server, artifact_bytes, tmp_path):
+def test_s3_store_down_is_503_and_recovers(start_server, artifact_bytes):
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
 
-    def start_moto():
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(port)
+    def seed(endpoint: str) -> None:  # moto keeps nothing across restarts
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         s3.create_bucket(Bucket="models")
         s3.put_object(Bucket="models", Key="A.tar.gz", Body=artifact_bytes(0))
         s3.put_object(Bucket="models", Key="B.tar.gz", Body=artifact_bytes(1))
-        return proc
 
-    moto = start_moto()
-    try:
+    with moto_server(port) as endpoint:
+        seed(endpoint)
         server = start_server("--models", "s3://models/", "--s3-endpoint-url", endpoint)
         client = runtime(server.url)
         assert invoke(client, "A.tar.gz")["Body"].read()
-        moto.terminate()
-        moto.wait(10)
-        code, response = error_of(lambda: invoke(client, "B.tar.gz"))
-        assert code == "ServiceUnavailable" and response["ResponseMetadata"]["HTTPStatusCode"] == 503
-        assert invoke(client, "A.tar.gz")["Body"].read()  # resident models keep answering
-        moto = start_moto()
+    code, response = error_of(lambda: invoke(client, "B.tar.gz"))
+    assert code == "ServiceUnavailable" and response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert invoke(client, "A.tar.gz")["Body"].read()  # resident models keep answering
+    with moto_server(port) as endpoint:
+        seed(endpoint)
         assert invoke(client, "B.tar.gz")["Body"].read()
-    finally:
-        moto.terminate()
-        moto.wait(10)
 
 
 def test_cold_load_slower_than_the_ready_timeout_is_429_then_ready(start_server, folder):
