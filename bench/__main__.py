@@ -15,14 +15,14 @@ from bench.results import Row
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 DOCS = ROOT / "docs"
-# Workloads in the order they run; W2 first, as W5 sizes its budget from W2's models, and W3 before W5,
-# as the baseline's W5 scale is what it survived in W3.
+# Workloads in the order they run: the floors right after W1, so both see the same machine; W2 and W3
+# before W5, which sizes its budget from W2's models and the baseline's scale from what it survived in W3.
 STEPS: list[tuple[str, Callable[[workloads.Bench], list[Row]]]] = [
     ("W1 warm invoke + W4 batch", workloads.w1_w4),
+    ("floors", floors.floor_rows),
     ("W2 cold load", workloads.w2),
     ("W3 residency", workloads.w3),
     ("W5 MME workload", w5.w5),
-    ("floors", floors.floor_rows),
 ]
 
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     scale = workloads.QUICK if args.quick else workloads.FULL
     started = time.monotonic()
+    load_at_start = machine.load_average()
 
     WORK.mkdir(parents=True, exist_ok=True)
     mms_python = None if args.no_baseline or args.profile else baseline.ensure_venv(WORK / "baseline-venv")
@@ -56,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     if sys.argv[1:] and not argv:
         command += f" ({shlex.join(['python', '-m', 'bench', *sys.argv[1:]])})"
     tool = f"wrk ({wrk}) with bench/wrk.lua" if wrk else "the bench's Python asyncio client (wrk not found)"
-    description = machine.describe(mms_python, tool, command)
+    description = machine.describe(mms_python, tool, command, load_at_start)
     checks = targets.evaluate(rows)
-    report.print_table(rows, checks)
+    limits = targets.limits(rows)
+    report.print_table(rows, checks, limits)
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_chart(args.out / "benchmarks.png", rows)
-    report.write_markdown(args.out / "benchmarks.md", description, rows, checks, "benchmarks.png")
+    report.write_markdown(args.out / "benchmarks.md", description, rows, checks, limits, "benchmarks.png")
     print(
         f"bench: wrote {args.out / 'benchmarks.md'} and benchmarks.png in {time.monotonic() - started:.0f} s"
     )

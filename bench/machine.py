@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -36,7 +37,13 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def describe(baseline_python: Path | None, load_tool: str, command: str) -> dict[str, str]:
+def load_average() -> str:
+    return " / ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def describe(
+    baseline_python: Path | None, load_tool: str, command: str, load_at_start: str
+) -> dict[str, str]:
     baseline = "skipped"
     if baseline_python is not None:
         script = (
@@ -59,4 +66,6 @@ def describe(baseline_python: Path | None, load_tool: str, command: str) -> dict
         "baseline": baseline,
         "java": _java(),
         "load generator": load_tool,
+        # The machine may be shared: a busy one slows both sides, and shows here.
+        "load average 1/5/15 min, start → end": f"{load_at_start} → {load_average()}",
     }

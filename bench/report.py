@@ -63,7 +63,7 @@ def met_text(target: Target) -> str:
     return {True: "met", False: "MISSED", None: "not measured"}[target.met]
 
 
-def print_table(rows: list[Row], targets: list[Target]) -> None:
+def print_table(rows: list[Row], targets: list[Target], limits: list[str]) -> None:
     console = Console(width=160)
     table = Table(title="xgboost-mme vs multi-model-server + sagemaker-inference")
     for column in ("workload", "metric", "unit", "ours", "baseline", "ours vs baseline", "note"):
@@ -80,6 +80,8 @@ def print_table(rows: list[Row], targets: list[Target]) -> None:
         style = {True: "green", False: "bold red", None: "yellow"}[target.met]
         checks.add_row(target.name, target.goal, target.actual, f"[{style}]{met_text(target)}", target.margin)
     console.print(checks)
+    for line in limits:
+        console.print(line)
 
 
 def _md_table(header: list[str], lines: list[list[str]]) -> str:
@@ -89,7 +91,7 @@ def _md_table(header: list[str], lines: list[list[str]]) -> str:
 
 
 def write_markdown(
-    path: Path, machine: dict[str, str], rows: list[Row], targets: list[Target], chart: str
+    path: Path, machine: dict[str, str], rows: list[Row], targets: list[Target], limits: list[str], chart: str
 ) -> None:
     missed = [t.name for t in targets if t.met is False]
     verdict = f"**Missed: {', '.join(missed)}.**" if missed else "Every measured target was met."
@@ -112,6 +114,8 @@ def write_markdown(
             ],
         ),
         f"![ours vs baseline per workload]({chart})",
+        "## How close to the limit",
+        "\n".join(f"- {line}" for line in limits) or "Not measured in this run.",
         "## How it was measured",
         METHOD,
     ]
@@ -124,22 +128,37 @@ def write_chart(path: Path, rows: list[Row]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paired = [r for r in rows if r.ours and r.baseline and r.unit != "count" and r.unit != "%"]
-    higher = [r for r in paired if r.higher_is_better]
-    lower = [r for r in paired if not r.higher_is_better]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 0.5 * max(len(higher), len(lower)) + 2.5))
-    for ax, group, title in ((axes[0], higher, "higher is better"), (axes[1], lower, "lower is better")):
-        labels = [f"{r.workload}: {r.metric} ({r.unit})" for r in group]
+    # Only rows whose two sides are like for like: a bar pair at different scales would mislead.
+    paired = [r for r in rows if r.ratio is not None and r.unit not in ("count", "%")]
+    groups = [
+        (title, group)
+        for title, group in (
+            ("higher is better", [r for r in paired if r.higher_is_better]),
+            ("lower is better", [r for r in paired if not r.higher_is_better]),
+        )
+        if group
+    ]
+    heights = [len(group) for _, group in groups]
+    fig, axes = plt.subplots(
+        len(groups), 1, figsize=(11, 0.55 * sum(heights) + 2), height_ratios=heights, squeeze=False
+    )
+    for ax, (title, group) in zip(axes[:, 0], groups, strict=True):
         ys = range(len(group))
-        ax.barh([y + 0.2 for y in ys], [r.ours for r in group], height=0.4, label="ours (xgboost-mme)")
-        ax.barh([y - 0.2 for y in ys], [r.baseline for r in group], height=0.4, label="baseline (MMS)")
-        ax.set_yticks(list(ys), labels, fontsize=8)
+        for offset, side, values in (
+            (-0.2, "ours (xgboost-mme)", [r.ours for r in group]),
+            (0.2, "baseline (MMS + sagemaker-inference)", [r.baseline for r in group]),
+        ):
+            bars = ax.barh([y + offset for y in ys], values, height=0.4, label=side)
+            ax.bar_label(bars, [fmt(v) for v in values], padding=3, fontsize=7)
+        ax.set_yticks(list(ys), [f"{r.workload}: {r.metric} ({r.unit})" for r in group], fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.set_title(f"{title} (log scale)")
-        ax.grid(axis="x", which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("xgboost-mme vs multi-model-server + sagemaker-inference, same machine, same run")
-    fig.tight_layout()
+        ax.margins(x=0.15)
+        ax.set_title(f"{title} (log scale)", fontsize=10)
+        ax.grid(axis="x", which="major", alpha=0.3)
+    fig.suptitle("xgboost-mme vs multi-model-server + sagemaker-inference: same machine, same run")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)

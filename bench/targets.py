@@ -115,3 +115,24 @@ def _w5(row) -> list[Target]:
                 )
             )
     return out
+
+
+def limits(rows: list[Row]) -> list[str]:
+    """How close our W1 comes to the floors measured in the same run."""
+    by_key = {row.key: row.ours for row in rows}
+    lines = []
+    for c in (1, 16):
+        ours_rps, floor_rps = by_key.get(f"w1.rps{c}"), by_key.get(f"floor.rps{c}")
+        ours_p50, floor_p50 = by_key.get(f"w1.p50_{c}"), by_key.get(f"floor.p50_{c}")
+        if ours_rps and floor_rps and ours_p50 and floor_p50:
+            lines.append(
+                f"Concurrency {c}: our warm invoke does {ours_rps / floor_rps:.0%} of the empty reply's "
+                f"req/s ({ours_rps:,.0f} vs {floor_rps:,.0f}); p50 {ours_p50:.3f} ms vs {floor_p50:.3f} ms."
+            )
+    predict, p50 = by_key.get("floor.predict"), by_key.get("w1.p50_1")
+    if predict and p50:
+        lines.append(
+            f"One-row Booster.inplace_predict in-process takes {predict * 1e3:.0f} µs; our whole request at "
+            f"concurrency 1 takes {p50 * 1e3:.0f} µs at p50."
+        )
+    return lines

@@ -82,10 +82,12 @@ def test_report_writes_table_markdown_and_chart(tmp_path, capsys):
     assert by_name["W1 throughput"].met is False and "3.0×" in by_name["W1 throughput"].actual
     assert by_name["W2 cold load"].met is True
     assert by_name["W3 residency"].met is None
-    report.print_table(rows, checks)
+    limits = targets.limits(rows)
+    assert limits and "90 µs" in limits[-1]
+    report.print_table(rows, checks, limits)
     assert "MISSED" in capsys.readouterr().out
     machine = {"date": "today", "command": "make bench", "cpu": "a CPU"}
-    report.write_markdown(tmp_path / "b.md", machine, rows, checks, "b.png")
+    report.write_markdown(tmp_path / "b.md", machine, rows, checks, limits, "b.png")
     report.write_chart(tmp_path / "b.png", rows)
     text = (tmp_path / "b.md").read_text()
     assert "**Missed: W1 throughput, W1 latency.**" in text and "| W2 cold load |" in text
