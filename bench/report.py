@@ -12,7 +12,9 @@ from bench.results import Row, Target
 
 METHOD = """\
 - **Same run, same machine, one server at a time.** Each workload starts a fresh server, measures it, and
-  kills its whole process group before the next one starts.
+  kills its whole process group before the next one starts. The machine may be shared with other work:
+  the load-average row says how busy it was. Single numbers (concurrency 1 most of all) varied by up to
+  2× between runs on a busy 2-core box, so read the ratios of one run, not numbers across runs.
 - **Ours:** `mme serve` (one process: uvicorn + httptools + uvloop, raw ASGI).
 - **Baseline:** multi-model-server + sagemaker-inference in their own virtualenv
   (`bench/.work/baseline-venv`), started through `sagemaker_inference.model_server.start_model_server`
