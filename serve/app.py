@@ -155,22 +155,18 @@ class App:
 
     async def _start(self) -> None:
         config = self.config
-        if not config.multi_model and not config.models and _has_files(config.model_dir):
-            self.single_model = True
-            await self._load_single_model()
-        if self.endpoint is not None and config.preload:
-            await self.endpoint.preload(config.preload)
+        try:
+            if not config.multi_model and not config.models and _has_files(config.model_dir):
+                self.single_model = True
+                await self._load_folder(SINGLE_MODEL_NAME, config.model_dir)
+            if self.endpoint is not None and config.preload:
+                await self.endpoint.preload(config.preload)
+        except Exception as exc:
+            # /ping stays 503, so the platform sees an unhealthy container instead of a broken one.
+            log.error("startup failed, /ping stays 503: %s: %s", type(exc).__name__, exc)
+            return
         self.ready = True
         log.info("ready on %s:%s", config.host, config.port)
-
-    async def _load_single_model(self) -> None:
-        folder = self.config.model_dir
-        try:
-            await self._load_folder(SINGLE_MODEL_NAME, folder)
-        except (HandlerError, CacheError, OSError) as exc:
-            # /ping stays 503 so the platform sees an unhealthy container instead of a broken one.
-            log.error("single model in %s failed to load: %s", folder, exc)
-            raise
 
     # --- routing -------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:

@@ -265,3 +265,13 @@ def test_concurrent_first_calls_download_and_load_once(start_server, folder, art
     }
     assert samples["mme_model_loads_total"] == 1
     assert samples["mme_model_downloading_seconds_count"] == 1
+
+
+def test_a_preload_that_fails_keeps_ping_red_and_says_why(start_server, folder):
+    server = start_server("--models", str(folder), "--preload", "Missing.tar.gz", wait_ready=False)
+    deadline = time.monotonic() + 30
+    while "startup failed" not in server.output():
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    assert "Missing.tar.gz" in server.output()
+    assert httpx.get(server.url + "/ping").status_code == 503
