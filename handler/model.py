@@ -8,6 +8,7 @@ the toolkit does: a parameter named `context`, or one positional parameter more 
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ class Context:
 
 
 class LoadedModel:
-    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output")
+    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output", "__weakref__")
 
     def __init__(self, model: Any, input_step: Step, predict_step: Step, output_step: Step, size_bytes: int):
         self.size_bytes = size_bytes  # estimated resident memory of this model
@@ -65,6 +66,12 @@ class LoadedModel:
         data = self._input(body, content_type, context)
         prediction = self._predict(data, self._model, context)
         return self._output(prediction, accept, context)
+
+    def on_growth(self, reserve: Callable[[int], bool]) -> None:
+        """Have the model ask `reserve(nbytes)` before taking memory beyond size_bytes (a hot model's
+        generated code); it goes without when the answer is no."""
+        if isinstance(self._predict, WalkingPredict):
+            self._predict.reserve = reserve
 
 
 def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: bool = False) -> LoadedModel:
@@ -127,41 +134,56 @@ def _plain_predict(data: Any, model: Any, context: Context) -> Any:
 
 
 class WalkingPredict:
-    """The default predict step of a Booster: XGBoost, until a tree walker takes over small requests.
+    """The default predict step of a Booster: XGBoost at first; then, for small requests, a tree walker
+    once the model is used (its WARM_AFTER-th call), and generated code once it is in heavy use
+    (HOT_AFTER calls).
 
-    Compiling a walker costs a few times what loading the model does, so it is done only for a model
-    that is used (at its WARM_AFTER-th call), beside the request path, on a thread of its own.
+    Each is built beside the request path on a thread of its own: a walker costs a few times what
+    loading the model does, and is counted in its size from the load on; the code takes several times
+    the walker's memory, so it is built only if `reserve(nbytes)` grants that memory.
     """
 
     WARM_AFTER = 2
-    __slots__ = ("_booster", "_calls", "_walk", "compiled", "_compiling")
+    HOT_AFTER = 256
+    __slots__ = ("_booster", "_calls", "_due", "_walker", "_walk", "walker_built", "code_built", "reserve")
 
     def __init__(self, booster: xgb.Booster) -> None:
         self._booster = booster
         self._calls = 0
+        self._due = self.WARM_AFTER  # the call count at which the next build starts
+        self._walker: treewalk.TreeWalker | None = None
         self._walk: Callable[[np.ndarray], np.ndarray] | None = None
-        self.compiled = threading.Event()  # set once the walker is in place, or known impossible
-        self._compiling = False
+        self.walker_built = threading.Event()  # set once tried, whether a walker came of it or not
+        self.code_built = threading.Event()
+        self.reserve: Callable[[int], bool] | None = None
 
     def __call__(self, data: Any, model: Any, context: Context) -> Any:
+        self._calls += 1
+        if self._calls >= self._due:
+            self._due = sys.maxsize  # one build at a time; a build that succeeds sets the next
+            threading.Thread(target=self._build, name="walker", daemon=True).start()
         walk = self._walk
         # A real-time request is a row or a few: walking them beats XGBoost's fixed per-call cost.
         if walk is not None and type(data) is np.ndarray and len(data) <= treewalk.MAX_ROWS:
             return walk(data)
-        if not self._compiling:
-            self._calls += 1
-            if self._calls >= self.WARM_AFTER:
-                self._compiling = True
-                threading.Thread(target=self._compile, name="walker", daemon=True).start()
         return defaults.predict_fn(data, model)
 
-    def _compile(self) -> None:
+    def _build(self) -> None:
+        if self._walker is None:
+            try:
+                self._walker = treewalk.TreeWalker.compile(self._booster)
+                if self._walker is not None:
+                    self._walk = self._walker.predict
+                    self._due = self.HOT_AFTER
+            finally:
+                self.walker_built.set()
+            return
         try:
-            walker = treewalk.TreeWalker.compile(self._booster)
-            if walker is not None:
-                self._walk = walker.predict
+            code = self._walker.to_code(self._booster)
+            if code is not None and (self.reserve is None or self.reserve(code.nbytes)):
+                self._walk = code.predict
         finally:
-            self.compiled.set()
+            self.code_built.set()
 
 
 def _user_model(model_fn: Callable[..., Any], model_dir: Path) -> Any:

@@ -32,6 +32,11 @@ MAX_ROWS = 4
 _CHECK_ROWS = 16
 # A walker takes ~20 bytes a node, a model's UBJSON ~60: a third of the UBJSON size, rounded up.
 _NBYTES_PER_UBJSON_BYTE = 0.4
+# Generated code walks a row ~4x faster than the arrays (3.2 against 14.9 µs for the Chicago model) but
+# takes ~110 bytes a node against their 20, so only models in heavy use get it (see handler.model).
+CODE_NBYTES_PER_NODE = 128
+# Python's parser refuses code nested 100 deep; a deeper tree keeps the array walk.
+_MAX_CODE_DEPTH = 60
 # The per-tree arrays the walk needs, in the order _from_json unpacks them.
 _TREE_KEYS = (b"left_children", b"right_children", b"split_indices", b"split_conditions", b"default_left",
               b"split_type")  # fmt: skip
@@ -151,8 +156,43 @@ class TreeWalker:
                 out[i] = out[i] + threshold[node]
         return np.frombuffer(out, dtype=np.float32)
 
-    def _agrees_with(self, booster: xgb.Booster) -> bool:
+    @property
+    def nodes(self) -> int:
+        return len(self._feature)
+
+    def to_code(self, booster: xgb.Booster) -> TreeCode | None:
+        """The same trees as one generated function, or None (a tree too deep, a disagreement)."""
+        lines = ["def walk(x, out, i):", f"    out[i] = {self._base!r}"]
+
+        def emit(node: int, depth: int) -> None:
+            pad = "    " * depth
+            if self._feature[node] < 0:
+                lines.append(f"{pad}v = {self._threshold[node]!r}")
+                return
+            if depth > _MAX_CODE_DEPTH:
+                raise RecursionError
+            f, t = self._feature[node], self._threshold[node]
+            # NaN fails both comparisons: `not x >= t` sends it left, `x < t` sends it right.
+            test = f"not x[{f}] >= {t!r}" if self._missing[node] == self._left[node] else f"x[{f}] < {t!r}"
+            lines.append(f"{pad}if {test}:")
+            emit(self._left[node], depth + 1)
+            lines.append(f"{pad}else:")
+            emit(self._right[node], depth + 1)
+
+        try:
+            for root in self._roots:
+                emit(root, 1)
+                lines.append("    out[i] = out[i] + v")  # the float32 slot rounds as XGBoost's sum does
+        except RecursionError:
+            return None
+        scope: dict[str, object] = {}
+        exec(compile("\n".join(lines), "<tree code>", "exec"), scope)  # noqa: S102 - our own generated code
+        code = TreeCode(scope["walk"], CODE_NBYTES_PER_NODE * self.nodes)  # type: ignore[arg-type]
+        return code if self._agrees_with(booster, code.predict) else None
+
+    def _agrees_with(self, booster: xgb.Booster, predict=None) -> bool:
         """Bit-for-bit equal to XGBoost on rows that reach every side of the thresholds, NaN included."""
+        predict = predict or self.predict
         n_features = booster.num_features()
         rng = np.random.default_rng(0)
         thresholds = np.frombuffer(self._threshold, dtype=np.float32)
@@ -161,5 +201,22 @@ class TreeWalker:
         rows = rng.choice(values, size=(_CHECK_ROWS, n_features)).astype(np.float32)
         rows += rng.choice(np.array([-1e-3, 0, 1e-3], dtype=np.float32), size=rows.shape) * np.abs(rows)
         rows[rng.random(rows.shape) < 0.1] = np.nan
-        ours = np.concatenate([self.predict(rows[i : i + MAX_ROWS]) for i in range(0, _CHECK_ROWS, MAX_ROWS)])
+        ours = np.concatenate([predict(rows[i : i + MAX_ROWS]) for i in range(0, _CHECK_ROWS, MAX_ROWS)])
         return bool(np.array_equal(ours, booster.inplace_predict(rows)))
+
+
+class TreeCode:
+    """A model's trees as generated Python: nested comparisons instead of array lookups."""
+
+    __slots__ = ("_walk", "nbytes")
+
+    def __init__(self, walk, nbytes: int) -> None:
+        self._walk = walk
+        self.nbytes = nbytes
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        out = array.array("f", bytes(4 * len(rows)))
+        walk = self._walk
+        for i, row in enumerate(rows.tolist()):
+            walk(row, out, i)
+        return np.frombuffer(out, dtype=np.float32)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import time
+import weakref
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 # Per-model latency percentiles come from this many most recent invocations: a fixed ring, so the
 # cost per call is one store and the memory per model is 1 KiB.
@@ -105,6 +107,13 @@ class Entry:
             "p50Ms": None if p50 is None else p50 * 1000,
             "inFlight": self.inflight,
         }
+
+
+@runtime_checkable
+class Growable(Protocol):
+    """A model that may later want more memory than it was loaded with, and asks first."""
+
+    def on_growth(self, reserve: Callable[[int], bool]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -248,6 +257,12 @@ class ModelCache:
         if previous is not None and self._entries.get(name) is previous:
             self._remove(name)
         entry = Entry(name=name, url=url, model=loaded.model, size=loaded.size, version=loaded.version)
+        if isinstance(loaded.model, Growable):
+            # A weak reference: the model keeps this callback, which must not keep the model alive.
+            reserve = functools.partial(
+                self.grow_from_thread, asyncio.get_running_loop(), name, weakref.ref(loaded.model)
+            )
+            loaded.model.on_growth(reserve)
         self._entries[name] = entry
         self._used += entry.size
         event = "reload" if previous is not None else "load"
@@ -255,6 +270,33 @@ class ModelCache:
         seconds = time.monotonic() - started - (fetch or 0.0)
         self._emit(name, event, {"bytes": entry.size, "seconds": seconds, "fetch_seconds": fetch, "url": url})
         return entry
+
+    # --- growing -------------------------------------------------------------------------------
+    def grow(self, name: str, model: Any, nbytes: int) -> bool:
+        """Count `nbytes` more for the resident `model` if there is room, making it as a load would."""
+        entry = self._entries.get(name)
+        if entry is None or model is None or entry.model is not model:
+            return False  # unloaded, evicted or replaced meanwhile: nothing to grow
+        try:
+            self._make_room(nbytes, keep=name)
+        except DoesNotFit:
+            return False
+        entry.size += nbytes
+        self._used += nbytes
+        return True
+
+    def grow_from_thread(
+        self, loop: asyncio.AbstractEventLoop, name: str, model: weakref.ref[Any], nbytes: int
+    ) -> bool:
+        """grow() for a model's own background thread: the bookkeeping lives on the event loop."""
+
+        async def ask() -> bool:
+            return self.grow(name, model(), nbytes)
+
+        try:
+            return asyncio.run_coroutine_threadsafe(ask(), loop).result(timeout=10)
+        except (RuntimeError, TimeoutError):  # the loop has stopped or is stuck: go without
+            return False
 
     def _make_room(self, need: int, keep: str) -> None:
         def full() -> str | None:

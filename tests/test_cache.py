@@ -228,3 +228,26 @@ def test_a_failed_load_evicts_nothing(pool):
         return cache.sorted_names()
 
     assert run(main()) == ["a", "b"]
+
+
+def test_a_resident_model_grows_only_into_room(pool):
+    loader = CountingLoader()
+
+    async def main():
+        lru = ModelCache(300, pool, eviction="lru")
+        for name in "ab":
+            await lru.load(name, "u", loader(name, 100), estimate=100)
+        model_b = lru.get("b").model
+        assert lru.grow("b", model_b, 150)  # evicts a, the least recently used, to make room
+        assert lru.sorted_names() == ["b"] and lru.used_bytes == 250 and lru.get("b").size == 250
+        assert not lru.grow("b", model_b, 100)  # more than the whole budget allows
+        assert not lru.grow("b", "another model", 1)  # a replaced model does not grow its successor
+
+        reject = ModelCache(300, pool, eviction="reject")
+        for name in "ab":
+            await reject.load(name, "u", loader(name, 100), estimate=100)
+        assert not reject.grow("a", reject.get("a").model, 150)  # SageMaker decides evictions, not us
+        assert reject.grow("a", reject.get("a").model, 50)
+        assert reject.used_bytes == 250 and reject.sorted_names() == ["a", "b"]
+
+    run(main())

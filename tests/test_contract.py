@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -321,3 +322,21 @@ def test_json_bodies_are_parsed_strictly(client, model_root):
     )
     assert response.status_code == 400 and "JSON" in response.json()["message"]
     assert orjson.loads(client.get("/ping").content)["status"] == "healthy"
+
+
+def test_a_hot_model_counts_the_memory_of_its_generated_code(client, model_root, make_model_dir):
+    from handler.model import WalkingPredict
+
+    assert load(client, model_root, "m3").status_code == 200
+    loaded_size = client.get("/models/m3").json()["sizeBytes"]
+    want = pytest.approx(expected(make_model_dir(3)), rel=1e-6)
+    for _ in range(WalkingPredict.HOT_AFTER + 5):
+        assert (
+            client.post("/models/m3/invoke", content=ROW, headers={"Content-Type": "text/csv"}).json() == want
+        )
+    deadline = time.monotonic() + 30
+    while client.get("/models/m3").json()["sizeBytes"] == loaded_size:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get("/models/m3").json()["sizeBytes"] > loaded_size
+    assert client.post("/models/m3/invoke", content=ROW, headers={"Content-Type": "text/csv"}).json() == want

@@ -396,7 +396,7 @@ def in_use():
     model = load_model(folder)
     for _ in range(WalkingPredict.WARM_AFTER):
         model.invoke(b"0.5,0.5,0.5,0.5,0.5,0.5", "text/csv", None, Context(None, None))
-    model._predict.compiled.wait(30)
+    model._predict.walker_built.wait(30)
     return model
 
 

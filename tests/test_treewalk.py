@@ -31,9 +31,13 @@ def test_walker_matches_xgboost_bit_for_bit(params):
     booster = train_booster(**params)
     walker = TreeWalker.compile(booster)
     assert walker is not None
+    code = walker.to_code(booster)
+    assert code is not None
     rows = random_rows(200)
-    ours = np.concatenate([walker.predict(rows[i : i + 4]) for i in range(0, 200, 4)])
-    assert np.array_equal(ours, booster.inplace_predict(rows))
+    want = booster.inplace_predict(rows)
+    for predict in (walker.predict, code.predict):
+        ours = np.concatenate([predict(rows[i : i + 4]) for i in range(0, 200, 4)])
+        assert np.array_equal(ours, want)
 
 
 def test_walker_sees_missing_values_take_the_default_branch():
@@ -75,8 +79,32 @@ def test_served_predictions_are_the_same_on_both_paths(tmp_path):
     context = Context(None, None)
     for _ in range(WalkingPredict.WARM_AFTER):  # a model in use gets its walker
         model.invoke(body, "text/csv", "text/csv", context)
-    assert model._predict.compiled.wait(30)
+    assert model._predict.walker_built.wait(30)
     one_by_one = [float(model.invoke(line, "text/csv", "text/csv", context)[0]) for line in body.splitlines()]
     together = [float(v) for v in model.invoke(body, "text/csv", "text/csv", context)[0].splitlines()]
     assert one_by_one == together  # the walker answered the single rows, XGBoost the batch
     assert np.array_equal(np.array(together, dtype=np.float32), booster.inplace_predict(rows))
+
+
+def test_a_hot_model_gets_code_only_when_its_memory_is_granted(tmp_path):
+    from handler.model import Context, WalkingPredict, load_model
+
+    booster = train_booster(seed=5, rounds=20, max_depth=5)
+    booster.save_model(str(tmp_path / "m.json"))
+    row = b"0.5,0.25,0.75,0.1,0.9,0.3"
+    want = booster.inplace_predict(np.array([[0.5, 0.25, 0.75, 0.1, 0.9, 0.3]], dtype=np.float32))
+    for granted in (True, False):
+        model = load_model(tmp_path)
+        asked: list[int] = []
+        model.on_growth(lambda nbytes, granted=granted, asked=asked: asked.append(nbytes) or granted)
+        step = model._predict
+        for _ in range(WalkingPredict.WARM_AFTER):
+            model.invoke(row, "text/csv", None, Context(None, None))
+        assert step.walker_built.wait(30)
+        for _ in range(WalkingPredict.HOT_AFTER):
+            assert float(model.invoke(row, "text/csv", None, Context(None, None))[0][1:-1]) == want[0]
+        assert step.code_built.wait(30)
+        assert len(asked) == 1 and asked[0] > 0
+        walking_with = step._walk.__self__
+        assert type(walking_with).__name__ == ("TreeCode" if granted else "TreeWalker")
+        assert float(model.invoke(row, "text/csv", None, Context(None, None))[0][1:-1]) == want[0]
