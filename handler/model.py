@@ -89,7 +89,10 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
         # The server runs requests in parallel; a Booster using every core per request would oversubscribe.
         model.set_param({"nthread": 1})
         n_features = model.num_features()
-        ubjson_size = _on_a_short_lived_thread(lambda: len(model.save_raw("ubj")))
+        if "model_fn" in user:  # a Booster from the user's own code: only the Booster can say its size
+            ubjson_size = _on_a_short_lived_thread(lambda: len(model.save_raw("ubj")))
+        else:
+            ubjson_size = defaults.ubjson_size(defaults.artifact_path(model_dir))
         size_bytes = defaults.size_bytes(ubjson_size)
         if "predict_fn" not in user:
             size_bytes += treewalk.estimated_nbytes(ubjson_size)  # counted now: the walker may come later
