@@ -188,7 +188,8 @@ class TreeWalker:
             return None
         scope: dict[str, object] = {}
         exec(compile("\n".join(lines), "<tree code>", "exec"), scope)  # noqa: S102 - our own generated code
-        code = TreeCode(scope["walk"], CODE_NBYTES_PER_NODE * self.nodes)  # type: ignore[arg-type]
+        # Popped, not read: a function left in its own globals is a cycle only the cyclic GC frees.
+        code = TreeCode(scope.pop("walk"), CODE_NBYTES_PER_NODE * self.nodes)  # type: ignore[arg-type]
         return code if self._agrees_with(booster, code.predict) else None
 
     def _agrees_with(self, booster: xgb.Booster, predict=None) -> bool:

@@ -7,6 +7,7 @@ itself runs in a thread pool. Knows nothing of HTTP, of artifacts or of XGBoost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -134,6 +135,10 @@ Listener = Callable[[str, str, dict[str, Any]], None]
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
+# Trimming walks the whole heap; under constant eviction once a second is enough to keep RSS honest.
+TRIM_EVERY_S = 1.0
+
+
 def _release_free_memory() -> None:
     # glibc keeps freed model memory in its arenas; without trimming, RSS never goes down after unloads.
     trim = getattr(_libc, "malloc_trim", None)
@@ -161,6 +166,7 @@ class ModelCache:
         self._loading: dict[str, asyncio.Future[Entry]] = {}
         self._reserved = 0
         self._used = 0
+        self._trim_scheduled = False
 
     # --- reading -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -318,6 +324,18 @@ class ModelCache:
                 )
             self._remove(victim)
             self._emit(victim, "evict", {"reason": reason})
+            self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """Give evicted models' memory back to the system, at most once a second under churn."""
+        if not self._trim_scheduled:
+            self._trim_scheduled = True
+            asyncio.get_running_loop().call_later(TRIM_EVERY_S, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_scheduled = False
+        with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping anyway
+            asyncio.get_running_loop().run_in_executor(self._executor, _release_free_memory)
 
     # --- unloading -----------------------------------------------------------------------------
     def _remove(self, name: str) -> Entry:
