@@ -218,22 +218,21 @@ class DeployFailed(Exception):
     """The endpoint did not reach InService on the new configuration."""
 
 
-def describe_endpoint(sm: Any, name: str) -> dict[str, Any] | None:
+def _describe_or_none(describe: Callable[..., dict[str, Any]], **name: str) -> dict[str, Any] | None:
     try:
-        return sm.describe_endpoint(EndpointName=name)
+        return describe(**name)
     except ClientError as exc:
         if is_missing(exc):
             return None
         raise
+
+
+def describe_endpoint(sm: Any, name: str) -> dict[str, Any] | None:
+    return _describe_or_none(sm.describe_endpoint, EndpointName=name)
 
 
 def describe_endpoint_config(sm: Any, name: str) -> dict[str, Any] | None:
-    try:
-        return sm.describe_endpoint_config(EndpointConfigName=name)
-    except ClientError as exc:
-        if is_missing(exc):
-            return None
-        raise
+    return _describe_or_none(sm.describe_endpoint_config, EndpointConfigName=name)
 
 
 def wait_for_endpoint(
