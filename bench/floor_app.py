@@ -1,4 +1,4 @@
-"""The HTTP floor: a raw ASGI app on the same uvicorn stack as ours (httptools + uvloop) answering b"".
+"""The HTTP floor: a raw ASGI app on the same stack as ours (uvicorn, serve.protocol, uvloop) answering b"".
 
 Run as its own process: `python -m bench.floor_app PORT`. Whatever our server spends above this
 floor is routing, parsing and the model.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 import uvicorn
+
+from serve.protocol import Protocol
 
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"0")]
 
@@ -29,7 +31,7 @@ if __name__ == "__main__":
         host="127.0.0.1",
         port=int(sys.argv[1]),
         loop="uvloop",
-        http="httptools",
+        http=Protocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from serve import logs
     from serve.app import App
+    from serve.protocol import Protocol
 
     config = server_config.from_args(args)
     logs.setup(config.log_format, config.log_level)
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             host=config.host,
             port=config.port,
             loop="uvloop",
-            http="httptools",
+            http=Protocol,  # httptools, each response in one write
             lifespan="on",
             access_log=False,  # serve.logs writes the access lines
             # No proxy sits in front of a SageMaker container; the middleware cost every request.
