@@ -11,11 +11,14 @@ from rich.table import Table
 from bench.results import Row, Target
 
 METHOD = """\
-- **Same run, same machine, one server at a time.** Each workload starts a fresh server, measures it, and
-  kills its whole process group before the next one starts. The machine may be shared with other work:
-  the load-average row says how busy it was. Single numbers (concurrency 1 most of all) varied by up to
-  2× between runs on a busy 2-core box, so read the ratios of one run, not numbers across runs.
-- **Ours:** `mme serve` (one process: uvicorn + httptools + uvloop, raw ASGI).
+- **Same run, same machine, one server under load at a time.** Each workload starts fresh servers and
+  kills their whole process groups when done. The machine may be shared with other work: the load-average
+  row says how busy it was. Single numbers (concurrency 1 most of all) varied by up to 2× between runs on
+  a busy 2-core box, so read the ratios of one run, not numbers across runs.
+- **W1 alternates.** Both servers are up (the one not under load idles); each concurrency runs in rounds of
+  2 s, ours then the baseline's, and each side's median round is reported. A burst of other work on the
+  machine then costs one round of one side, not the whole of one side's measurement.
+- **Ours:** `mme serve` (one process: uvicorn + httptools + uvloop, raw ASGI, each response in one write).
 - **Baseline:** multi-model-server + sagemaker-inference in their own virtualenv
   (`bench/.work/baseline-venv`), started through `sagemaker_inference.model_server.start_model_server`
   with `SAGEMAKER_MULTI_MODEL=true` and an XGBoost `DefaultInferenceHandler` and
