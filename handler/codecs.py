@@ -21,6 +21,7 @@ No body ends with a newline. Numbers are float32 values written shortest, e.g. 3
 
 from __future__ import annotations
 
+import array
 import io
 import math
 from collections.abc import Callable
@@ -49,6 +50,24 @@ def decode(body: bytes, content_type: str | None, n_features: int | None) -> np.
     if n_features is not None and rows.shape[1] != n_features:
         raise BadRequest(f"expected {n_features} features, got {rows.shape[1]}")
     return rows
+
+
+def csv_row(body: bytes, width: int) -> list[float] | None:
+    """A one-line CSV body of `width` finite numbers, as the float32 values decode() would read; None for
+    anything else, which is decode()'s to read or refuse.
+
+    The real-time request's fast path: Python's float() is what numpy parses each field with (then rounded
+    to float32, as array "f" rounds), without numpy's per-call cost.
+    """
+    if b"\n" in body.rstrip(b"\r\n"):
+        return None
+    try:
+        row = array.array("f", map(float, body.split(b",")))
+    except ValueError:  # an empty field (missing value) or junk
+        return None
+    values = row.tolist()
+    # The sum is finite only if every value is: NaN (missing) and inf are decode()'s to handle.
+    return values if len(values) == width and math.isfinite(sum(values)) else None
 
 
 def encode(prediction: np.ndarray, accept: str | None) -> tuple[bytes, str]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from handler import treewalk, user_code
+from handler import codecs, treewalk, user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
 
@@ -36,6 +36,8 @@ _PARAMETERS = {
 }
 
 Step = Callable[[Any, Any, "Context"], Any]
+# Content types the default input_fn reads as CSV without parameters: a one-row body may take the fast path.
+_PLAIN_CSV = (None, "text/csv")
 
 
 @dataclass
@@ -47,14 +49,23 @@ class Context:
 
 
 class LoadedModel:
-    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output", "__weakref__")
+    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output", "_walking", "__weakref__")
 
-    def __init__(self, model: Any, input_step: Step, predict_step: Step, output_step: Step, size_bytes: int):
+    def __init__(
+        self,
+        model: Any,
+        input_step: Step,
+        predict_step: Step,
+        output_step: Step,
+        size_bytes: int,
+        walking: WalkingPredict | None = None,
+    ):
         self.size_bytes = size_bytes  # estimated resident memory of this model
         self._model = model
         self._input = input_step
         self._predict = predict_step
         self._output = output_step
+        self._walking = walking  # set when both input_fn and predict_fn are the defaults
 
     def invoke(
         self, body: bytes, content_type: str | None, accept: str | None, context: Context
@@ -63,6 +74,11 @@ class LoadedModel:
 
         Raises HandlerError subclasses; their .status is the HTTP status to answer with.
         """
+        walking = self._walking
+        if walking is not None and content_type in _PLAIN_CSV:
+            prediction = walking.csv_row(body)
+            if prediction is not None:
+                return self._output(prediction, accept, context)
         data = self._input(body, content_type, context)
         prediction = self._predict(data, self._model, context)
         return self._output(prediction, accept, context)
@@ -109,16 +125,20 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
     else:
         input_fn = defaults.input_fn
         input_step = lambda body, content_type, context: input_fn(body, content_type, n_features)  # noqa: E731
+    walking = None
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
+    elif isinstance(model, xgb.Booster):
+        predict_step = walking = WalkingPredict(model, n_features)
     else:
-        predict_step = WalkingPredict(model) if isinstance(model, xgb.Booster) else _plain_predict
+        predict_step = _plain_predict
     if "output_fn" in user:
         output_step = _user_output_step(_user_step("output_fn", user["output_fn"]))
     else:
         output_fn = defaults.output_fn
         output_step = lambda prediction, accept, context: output_fn(prediction, accept)  # noqa: E731
-    return LoadedModel(model, input_step, predict_step, output_step, size_bytes)
+    fast = walking if "input_fn" not in user else None
+    return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast)
 
 
 def _on_a_short_lived_thread(work: Callable[[], Any]) -> Any:
@@ -139,7 +159,7 @@ def _plain_predict(data: Any, model: Any, context: Context) -> Any:
 class WalkingPredict:
     """The default predict step of a Booster: XGBoost at first; then, for small requests, a tree walker
     once the model is used (its WARM_AFTER-th call), and generated code once it is in heavy use
-    (HOT_AFTER calls).
+    (HOT_AFTER calls). With the code, a one-row CSV request may skip numpy altogether (csv_row).
 
     Each is built beside the request path on a thread of its own: a walker costs a few times what
     loading the model does, and is counted in its size from the load on; the code takes several times
@@ -148,14 +168,17 @@ class WalkingPredict:
 
     WARM_AFTER = 2
     HOT_AFTER = 256
-    __slots__ = ("_booster", "_calls", "_due", "_walker", "_walk", "walker_built", "code_built", "reserve")
+    __slots__ = ("_booster", "_width", "_calls", "_due", "_walker", "_walk", "_walk_row", "walker_built",
+                 "code_built", "reserve")  # fmt: skip
 
-    def __init__(self, booster: xgb.Booster) -> None:
+    def __init__(self, booster: xgb.Booster, width: int) -> None:
         self._booster = booster
+        self._width = width  # the model's feature count
         self._calls = 0
         self._due = self.WARM_AFTER  # the call count at which the next build starts
         self._walker: treewalk.TreeWalker | None = None
         self._walk: Callable[[np.ndarray], np.ndarray] | None = None
+        self._walk_row: Callable[[list[float]], np.ndarray] | None = None
         self.walker_built = threading.Event()  # set once tried, whether a walker came of it or not
         self.code_built = threading.Event()
         self.reserve: Callable[[int], bool] | None = None
@@ -171,6 +194,15 @@ class WalkingPredict:
             return walk(data)
         return defaults.predict_fn(data, model)
 
+    def csv_row(self, body: bytes) -> np.ndarray | None:
+        """What input_fn then this step would predict for a one-row CSV body, once the model has its
+        generated code; None for any other body, or before, and the full path answers."""
+        walk_row = self._walk_row
+        if walk_row is None:
+            return None
+        row = codecs.csv_row(body, self._width)
+        return None if row is None else walk_row(row)
+
     def _build(self) -> None:
         if self._walker is None:
             try:
@@ -185,6 +217,7 @@ class WalkingPredict:
             code = self._walker.to_code(self._booster)
             if code is not None and (self.reserve is None or self.reserve(code.nbytes)):
                 self._walk = code.predict
+                self._walk_row = code.predict_row
         finally:
             self.code_built.set()
 

@@ -38,6 +38,7 @@ _NBYTES_PER_UBJSON_BYTE = 0.4
 CODE_NBYTES_PER_NODE = 128
 # Python's parser refuses code nested 100 deep; a deeper tree keeps the array walk.
 _MAX_CODE_DEPTH = 60
+_ONE_ZERO = bytes(4)
 # The per-tree arrays the walk needs, in the order _from_json unpacks them.
 _TREE_KEYS = (b"left_children", b"right_children", b"split_indices", b"split_conditions", b"default_left",
               b"split_type")  # fmt: skip
@@ -221,4 +222,10 @@ class TreeCode:
         walk = self._walk
         for i, row in enumerate(rows.tolist()):
             walk(row, out, i)
+        return np.frombuffer(out, dtype=np.float32)
+
+    def predict_row(self, row: list[float]) -> np.ndarray:
+        """predict() of one row given as float32 values in a list."""
+        out = array.array("f", _ONE_ZERO)
+        self._walk(row, out, 0)
         return np.frombuffer(out, dtype=np.float32)

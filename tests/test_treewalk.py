@@ -108,3 +108,41 @@ def test_a_hot_model_gets_code_only_when_its_memory_is_granted(tmp_path):
         walking_with = step._walk.__self__
         assert type(walking_with).__name__ == ("TreeCode" if granted else "TreeWalker")
         assert float(model.invoke(row, "text/csv", None, Context(None, None))[0][1:-1]) == want[0]
+
+
+def outcome(model, body: bytes, content_type: str) -> object:
+    from handler.errors import HandlerError
+    from handler.model import Context
+
+    try:
+        return model.invoke(body, content_type, None, Context(None, None))
+    except HandlerError as exc:
+        return type(exc).__name__, str(exc)
+
+
+def test_a_hot_model_reads_a_one_row_csv_as_the_full_path_does(tmp_path):
+    from handler import codecs
+    from handler.model import Context, WalkingPredict, load_model
+
+    booster = train_booster(seed=6, rounds=20, max_depth=5)
+    booster.save_model(str(tmp_path / "m.json"))
+    model = load_model(tmp_path)
+    step = model._predict
+    row = b"0.5,0.25,0.75,0.1,0.9,0.3"
+    for _ in range(WalkingPredict.WARM_AFTER + WalkingPredict.HOT_AFTER):
+        model.invoke(row, "text/csv", None, Context(None, None))
+    assert step.code_built.wait(30) and step._walk_row is not None
+    rng = np.random.default_rng(7)
+    taken = [",".join(repr(float(v)) for v in rng.normal(0.5, 2, N_FEATURES)).encode() for _ in range(20)]
+    taken += [row + b"\n", row + b"\r\n", b" 0.5, 0.25 ,0.75,1e-3,9E1,3", b"1_0,2,3,4,5,6", b"-0,+1,2,3,4,5"]
+    declined = [b"0.5,,0.75,0.1,0.9,0.3", b"nan,1,2,3,4,5", b"inf,1,2,3,4,5", b"1e39,1,2,3,4,5",
+                b"1,2,3,4,5", b"1,2,3,4,5,6,7", b"a,1,2,3,4,5", row + b"\n" + row, b"\n" + row]  # fmt: skip
+    for body in taken + declined:
+        assert (step.csv_row(body) is not None) == (body in taken), body
+        # A parameter in the Content-Type keeps a request off the fast path: the full path's answer.
+        full = outcome(model, body, "text/csv; charset=utf-8")
+        assert outcome(model, body, "text/csv") == full, body
+        assert outcome(model, body, None) == full, body
+    for body in taken:
+        want = booster.inplace_predict(codecs.decode(body, "text/csv", N_FEATURES))
+        assert np.float32(float(outcome(model, body, "text/csv")[0][1:-1])) == want[0], body
