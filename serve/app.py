@@ -182,9 +182,11 @@ class App:
 
     async def _route(self, request: Request) -> Response:
         method = request.method
-        parts = [
-            unquote(p) for p in request.scope.get("raw_path", request.path.encode()).decode().split("/")[1:]
-        ]
+        raw_path = request.scope.get("raw_path", request.path.encode()).decode()
+        # Split before unquoting, so a model name may hold an encoded '/'.
+        parts = raw_path.split("/")[1:]
+        if "%" in raw_path:
+            parts = [unquote(part) for part in parts]
         match parts:
             case ["ping"]:
                 return self._allow(method, "GET", "HEAD") or self.ping()
