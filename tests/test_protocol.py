@@ -81,3 +81,21 @@ def test_malformed_request_gets_its_400_before_the_close(server):
         answer = read_to_eof(sock)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"Invalid HTTP request" in answer
+
+
+def test_concurrent_connections_each_get_their_own_answers_in_order(server):
+    # With other requests in flight, answers wait for the end of the loop's turn: each must still arrive,
+    # and well before the 5 s keep-alive timeout, whose close would also let held bytes out.
+    socks = [connect(server) for _ in range(16)]
+    try:
+        for i, sock in enumerate(socks):
+            sock.settimeout(3)
+            requests = [b"GET /models/m-%d-%d HTTP/1.1\r\nHost: x\r\n\r\n" % (i, j) for j in range(3)]
+            sock.sendall(b"".join(requests))
+        for i, sock in enumerate(socks):
+            answers = read_until(sock, b"}", count=3)
+            names = [part.split(b"'")[1] for part in answers.split(b"HTTP/1.1 404 ")[1:]]
+            assert names == [b"m-%d-%d" % (i, j) for j in range(3)]
+    finally:
+        for sock in socks:
+            sock.close()
