@@ -97,16 +97,17 @@ def pair(
 
 
 # --- W1 warm invoke and W4 batch: both servers up, W1 in alternating rounds ----------------------------
-# Seconds of one W1 round. On a shared machine a burst of other work lands on whichever server is being
-# measured; alternating short rounds and taking each side's median round gives both the same machine.
-W1_ROUND_SECONDS = 2.0
+# Seconds of one W1 round, whole (wrk takes no fractions). On a shared machine a burst of other work lands
+# on whichever server is being measured; alternating short rounds and taking each side's median round
+# gives both the same machine.
+W1_ROUND_SECONDS = 2
 
 
 def w1_w4(bench: Bench) -> list[Row]:
     w1: dict[int, dict[str, list[LoadResult]]] = {1: {}, 16: {}}
     w4: dict[int, dict[str, float]] = {1_000: {}, 10_000: {}}
     rounds = max(1, round(bench.scale.w1_seconds / W1_ROUND_SECONDS))
-    seconds = bench.scale.w1_seconds / rounds
+    seconds = W1_ROUND_SECONDS
     with ExitStack() as stack:
         running = {side: stack.enter_context(start()) for side, start in bench.sides()}
         for server in running.values():
@@ -129,7 +130,7 @@ def w1_w4(bench: Bench) -> list[Row]:
                         timed(lambda b=body: invoke(client, "warm", b)) for _ in range(5)
                     )
     tool = w1[1]["ours"][0].tool
-    note = f"{tool}, median of {rounds} × {seconds:g} s" if rounds > 1 else f"{tool}, {seconds:g} s"
+    note = f"{tool}, median of {rounds} × {seconds} s" if rounds > 1 else f"{tool}, {seconds} s"
     out = []
     for c, by_side in w1.items():
         for key, attribute, metric, unit, higher in (
