@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from handler import codecs, outputs
+from handler.errors import NotAcceptable
 from serve.errors import CommandError
 
 MiB = 1024**2
@@ -79,6 +81,8 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "info"
     metrics_top_models: int = 20
+    default_accept: str | None = None  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
+    inference_output: tuple[str, ...] = ()  # SAGEMAKER_INFERENCE_OUTPUT's keys
 
     def describe(self) -> dict[str, object]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -139,6 +143,14 @@ def _revalidate(spec: str) -> float | None:
     if seconds < 0:
         raise ValueError("must be >= 0")
     return seconds
+
+
+def _accept(media_type: str) -> str:
+    try:
+        codecs.response_type(media_type)
+    except NotAcceptable as exc:
+        raise ValueError(str(exc)) from None
+    return media_type
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ServerConfig:
@@ -208,6 +220,8 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         log_format=pick("log_format", "MME_LOG_FORMAT") or "text",
         log_level=pick("log_level", "MME_LOG_LEVEL") or "info",
         metrics_top_models=convert("metrics_top_models", ("MME_METRICS_TOP_MODELS",), positive_int, 20),
+        default_accept=convert("default_accept", ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",), _accept, None),
+        inference_output=convert("inference_output", ("SAGEMAKER_INFERENCE_OUTPUT",), outputs.parse_keys, ()),
     )
     if config.eviction not in {"lru", "reject"}:
         raise CommandError(f"MME_EVICTION={config.eviction!r}: must be lru or reject")

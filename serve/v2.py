@@ -1,0 +1,279 @@
+"""The V2 (Open/KServe) inference protocol over REST, JSON tensors: for Triton, MLServer and KServe clients.
+
+Routes, over the same model cache as the SageMaker routes (serve.app hands `/v2/...` here):
+  GET  /v2                                   {"name", "version", "extensions": []}
+  GET  /v2/health/live                       200 {"live": true}
+  GET  /v2/health/ready                      200 {"ready": true}; 503 while starting or draining
+  GET  /v2/models/{name}[/versions/{v}]        metadata: one FP32 input [-1, features], the outputs
+  GET  /v2/models/{name}[/versions/{v}]/ready  200 {"name", "ready": true} when resident; 404 otherwise
+  POST /v2/models/{name}[/versions/{v}]/infer  {"inputs": [...]} -> {"model_name", "outputs": [...]}
+Errors answer {"error": message}, as the protocol has them. With --models a model loads on its first
+infer (or metadata) call, as on the SageMaker runtime route.
+
+On the SageMaker invoke routes, an application/json body that is an object with an "inputs" list (what
+Triton's SageMaker mode takes) is a V2 request too, and gets a V2 response.
+
+A request holds one input tensor: shape [rows, features] (or [features], one row), a numeric datatype,
+its `data` flat or nested in row-major order. Binary tensor data (the binary extension) is refused with
+a 400: send JSON data. The outputs are `output__0` (the raw prediction, Triton FIL's name; `predict` is
+accepted for MLServer's) or selectable inference keys (handler/outputs.py) named in "outputs"; without
+"outputs" the keys the custom attributes, model or container select, else `output__0`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+from handler import outputs
+from handler.errors import BadRequest, HandlerError
+from handler.model import Context, LoadedModel
+from serve.cache import CacheError
+from serve.endpoint import ModelNotReady
+from serve.http import HTTPError, Request, Response, json_response
+from serve.source import SourceError
+
+if TYPE_CHECKING:
+    from serve.app import App
+
+INPUT_NAME = "input__0"
+OUTPUT_NAME = "output__0"
+_RAW_NAMES = (OUTPUT_NAME, "predict")
+_DATATYPES = {
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+}
+_JSON = b"application/json"
+Invoke = Callable[[bytes, "str | None", "str | None", Context], tuple[bytes, str]]
+
+
+def may_be_request(content_type: str | None, body: bytes) -> bool:
+    """Whether an invoke route's request could be V2 (a JSON object mentioning "inputs"); cheap."""
+    return (
+        content_type is not None
+        and content_type[:16].lower() == "application/json"
+        and body[:1] == b"{"
+        and b'"inputs"' in body
+    )
+
+
+def pick(request: Request, model: LoadedModel, body: bytes) -> Invoke:
+    """What answers an invoke: the model's own invoke, unless the request is V2 (a /v2 route, or a V2
+    body on a SageMaker route), which is answered in V2."""
+    if request.path.startswith("/v2/"):
+        return _invoker(model, request.path.split("/")[3], required=True)
+    if may_be_request(request.headers.get("content-type"), body):
+        name = request.headers.get("x-amzn-sagemaker-target-model")
+        if name is None:
+            parts = request.path.split("/")
+            name = parts[2] if parts[1] == "models" else "model"
+        return _invoker(model, name, required=False)
+    return model.invoke
+
+
+def _invoker(model: LoadedModel, name: str, *, required: bool) -> Invoke:
+    def invoke(
+        body: bytes, content_type: str | None, accept: str | None, context: Context
+    ) -> tuple[bytes, str]:
+        document = _document(body, required=required)
+        if document is None:  # JSON that only looked like V2: the model reads it as usual
+            return model.invoke(body, content_type, accept, context)
+        return infer(model, name, document, context), "application/json"
+
+    return invoke
+
+
+def _document(body: bytes, *, required: bool) -> dict | None:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if required:
+            raise BadRequest(f"the V2 request body is not valid JSON: {exc}") from None
+        return None
+    if isinstance(document, dict) and isinstance(document.get("inputs"), list):
+        return document
+    if required:
+        raise BadRequest('a V2 request body is a JSON object with an "inputs" list')
+    return None
+
+
+def infer(model: LoadedModel, name: str, document: dict, context: Context) -> bytes:
+    info = model.outputs
+    if info is None:
+        raise BadRequest(
+            "this model's code/inference.py has its own input_fn: V2 requests need the default one"
+        )
+    rows = rows_of(document["inputs"], info.n_features)
+    prediction = np.asarray(model.predict_rows(rows, context), dtype=np.float32)
+    tensors = [
+        _tensor(output_name, prediction, info, context) for output_name in _names(document, info, context)
+    ]
+    response = {"model_name": name, "outputs": tensors}
+    if "id" in document:
+        response["id"] = document["id"]
+    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def rows_of(inputs: list, n_features: int | None) -> np.ndarray:
+    """The one input tensor as C-contiguous float32 rows."""
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadRequest(
+            f"a V2 request needs exactly one input tensor [rows, features]; it has {len(inputs)}"
+        )
+    tensor = inputs[0]
+    label = f"input {tensor.get('name', '?')!r}"
+    shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if isinstance(tensor.get("parameters"), dict) and "binary_data_size" in tensor["parameters"]:
+        raise BadRequest(f"{label}: binary tensor data is not supported; send the data as JSON")
+    if not (
+        isinstance(shape, list) and 1 <= len(shape) <= 2 and all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise BadRequest(f"{label}: shape must be [rows, features] or [features], got {_short(shape)}")
+    if datatype not in _DATATYPES:
+        raise BadRequest(
+            f"{label}: datatype {_short(datatype)} is not numeric; use FP32 (or another number type)"
+        )
+    if not isinstance(data, list):
+        raise BadRequest(f"{label}: data must be a list of numbers")
+    count = math.prod(shape)
+    if count > outputs.recordio.MAX_CELLS:
+        raise BadRequest(f"{label}: shape {shape} is over {outputs.recordio.MAX_CELLS} values")
+    try:
+        values = np.array(data)
+    except ValueError:
+        raise BadRequest(
+            f"{label}: data is ragged; give it flat or as nested lists of equal length"
+        ) from None
+    if values.dtype.kind not in "biuf":
+        raise BadRequest(f"{label}: data must hold only numbers (as {datatype})")
+    if values.size != count:
+        raise BadRequest(f"{label}: shape {shape} needs {count} values, data has {values.size}")
+    rows = values.reshape(shape if len(shape) == 2 else (1, shape[0])).astype(np.float32)
+    if rows.shape[0] == 0:
+        raise BadRequest(f"{label}: no rows")
+    if n_features is not None and rows.shape[1] != n_features:
+        raise BadRequest(f"{label}: expected {n_features} features, got {rows.shape[1]}")
+    if np.isinf(rows).any():
+        raise BadRequest(f"{label}: a value is beyond float32's range")
+    return np.ascontiguousarray(rows)
+
+
+def _names(document: dict, info: outputs.ModelOutputs, context: Context) -> list[str]:
+    requested = document.get("outputs")
+    if requested is None:
+        keys, _ = outputs.chosen(context.custom_attributes, info)
+        return list(keys) or [OUTPUT_NAME]
+    if not isinstance(requested, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+    ):
+        raise BadRequest('"outputs" must be a list of {"name": ...}')
+    names = [o["name"] for o in requested]
+    known = (*_RAW_NAMES, *outputs.allowed(info.objective))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BadRequest(
+            f"unknown output(s) {', '.join(map(repr, unknown))}; this model has {', '.join(known)}"
+        )
+    return names
+
+
+def _tensor(name: str, prediction: np.ndarray, info: outputs.ModelOutputs, context: Context) -> dict:
+    if name in _RAW_NAMES:
+        values = prediction
+    else:
+        column = outputs.select(prediction, info.objective, (name,), info.num_class, f"output {name!r}")
+        values = np.array([row[name] for row in column])
+    datatype = "INT64" if values.dtype.kind in "iub" else "FP32"
+    values = values.astype(np.int64 if datatype == "INT64" else np.float32)
+    return {"name": name, "shape": list(values.shape), "datatype": datatype, "data": values.ravel()}
+
+
+def metadata(name: str, info: outputs.ModelOutputs | None) -> dict:
+    width = info.n_features if info is not None and info.n_features is not None else -1
+    objective = info.objective if info is not None else None
+    output_shape = [-1, info.num_class] if objective == "multi:softprob" else [-1]
+    named = [{"name": key, "datatype": "FP32", "shape": [-1]} for key in outputs.allowed(objective)]
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "xgboost",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, width]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": output_shape}, *named],
+    }
+
+
+# --- routes -----------------------------------------------------------------------------------------
+
+
+async def route(app: App, request: Request, parts: list[str]) -> Response:
+    """Answer /v2/... (parts after "v2"); every error as {"error": message}."""
+    try:
+        return await _route(app, request, parts)
+    except HTTPError as exc:
+        return _error(exc.status, exc.message)
+    except (HandlerError, CacheError) as exc:
+        return _error(exc.status, str(exc))
+    except ModelNotReady as exc:
+        return _error(503, str(exc))
+    except SourceError as exc:
+        return _error(404 if exc.status == 400 else exc.status, str(exc))
+
+
+async def _route(app: App, request: Request, parts: list[str]) -> Response:
+    method = request.method
+    if len(parts) >= 4 and parts[0] == "models" and parts[2] == "versions":
+        parts = [parts[0], parts[1], *parts[4:]]  # one version per model: any version names it
+    match parts:
+        case [] | [""]:
+            app._allow(method, "GET")
+            return json_response({"name": "xgboost-mme", "version": "0.1.0", "extensions": []})
+        case ["health", "live"]:
+            app._allow(method, "GET")
+            return json_response({"live": True})
+        case ["health", "ready"]:
+            app._allow(method, "GET")
+            ready = app.ready and not app.draining
+            return json_response({"ready": ready}, 200 if ready else 503)
+        case ["models", name]:
+            app._allow(method, "GET")
+            await _resident(app, name)
+            with app.cache.lease(name) as entry:
+                return json_response(metadata(name, entry.model.outputs))
+        case ["models", name, "ready"]:
+            app._allow(method, "GET")
+            if name in app.cache and not app.cache.is_loading(name):
+                return json_response({"name": name, "ready": True})
+            return _error(404, f"model {name!r} is not loaded")
+        case ["models", name, "infer"]:
+            app._allow(method, "POST")
+            await _resident(app, name)
+            return await app.invoke(request, name)
+    raise HTTPError(404, f"no V2 route for {method} {request.path}")
+
+
+async def _resident(app: App, name: str) -> None:
+    if app.endpoint is not None:
+        await app.endpoint.ensure(name)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, orjson.dumps({"error": message}), _JSON.decode())
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
