@@ -297,7 +297,7 @@ def _json(body: bytes, n_features: int | None) -> np.ndarray:
         rows = [document] if is_one_row else [_json_row(row, f"row {i}") for i, row in enumerate(document, 1)]
     else:
         raise BadRequest('JSON body must be {"instances": [...]}, a list of rows or one row of numbers')
-    return _numeric_rows(rows, "JSON", "row")
+    return _numeric_rows(rows, "JSON", "row", _may_hold_booleans(body))
 
 
 def _jsonlines(body: bytes, n_features: int | None) -> np.ndarray:
@@ -306,7 +306,7 @@ def _jsonlines(body: bytes, n_features: int | None) -> np.ndarray:
         for number, line in enumerate(body.splitlines(), 1)
         if line.strip()
     ]
-    return _numeric_rows(rows, "JSON lines", "line")
+    return _numeric_rows(rows, "JSON lines", "line", _may_hold_booleans(body))
 
 
 def _json_value(text: bytes, what: str) -> object:
@@ -324,14 +324,19 @@ def _json_row(value: object, where: str) -> list:
     return value
 
 
-def _numeric_rows(rows: list[list], source: str, unit: str) -> np.ndarray:
+def _may_hold_booleans(body: bytes) -> bool:
+    # numpy reads true as 1: only a body that spells a boolean needs the value-by-value check.
+    return b"true" in body or b"false" in body
+
+
+def _numeric_rows(rows: list[list], source: str, unit: str, check: bool = False) -> np.ndarray:
     if not rows:
         raise BadRequest(f"the request body holds no {source} rows")
     try:
         array = np.array(rows)  # no dtype yet: numpy would silently parse strings such as "1.5"
     except ValueError:
         array = None  # ragged rows; the check below names the first
-    if array is None or array.ndim != 2 or array.dtype.kind not in "biuf":
+    if check or array is None or array.ndim != 2 or array.dtype.kind not in "biuf":
         _check_values(rows, source, unit)
         array = np.array(rows, dtype=np.float32)  # None becomes NaN, i.e. missing
     return _finite(np.ascontiguousarray(array, dtype=np.float32), source, unit)
@@ -343,7 +348,7 @@ def _check_values(rows: list[list], source: str, unit: str) -> None:
         if len(row) != width:
             raise BadRequest(f"{source} {unit} {number} has {len(row)} values, {unit} 1 has {width}")
         for column, value in enumerate(row, 1):
-            if not (value is None or isinstance(value, int | float)):
+            if not (value is None or isinstance(value, int | float)) or isinstance(value, bool):
                 raise BadRequest(f"{source} {unit} {number}, value {column}: {_show(value)} is not a number")
 
 
@@ -364,6 +369,8 @@ def _npy(body: bytes, n_features: int | None) -> np.ndarray:
         shape, fortran_order, dtype = read_header[version](stream)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise BadRequest(f"unreadable .npy header: {exc}") from None
+    if any(dimension < 0 for dimension in shape):
+        raise BadRequest(f"unreadable .npy header: shape {shape} has a negative dimension")
     if dtype.hasobject:
         raise BadRequest(f".npy array has dtype {dtype} (a pickled payload); refused without unpickling")
     if dtype.kind not in "biuf" or dtype.fields is not None:

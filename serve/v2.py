@@ -191,7 +191,7 @@ def _names(document: dict, info: outputs.ModelOutputs, context: Context) -> list
     return names
 
 
-def _tensor(name: str, prediction: np.ndarray, info: outputs.ModelOutputs, context: Context) -> dict:
+def _tensor(name: str, prediction: np.ndarray, info: outputs.ModelOutputs) -> dict:
     if name in _RAW_NAMES:
         values = prediction
     else:
@@ -204,15 +204,21 @@ def _tensor(name: str, prediction: np.ndarray, info: outputs.ModelOutputs, conte
 
 def metadata(name: str, info: outputs.ModelOutputs | None) -> dict:
     width = info.n_features if info is not None and info.n_features is not None else -1
-    objective = info.objective if info is not None else None
-    output_shape = [-1, info.num_class] if objective == "multi:softprob" else [-1]
-    named = [{"name": key, "datatype": "FP32", "shape": [-1]} for key in outputs.allowed(objective)]
+    tensors = []
+    if info is not None:
+        # Each output's datatype and shape as an infer call answers them: from a one-row prediction.
+        sample = np.zeros((1, info.num_class) if info.objective == "multi:softprob" else 1, dtype=np.float32)
+        for output_name in (OUTPUT_NAME, *outputs.allowed(info.objective)):
+            tensor = _tensor(output_name, sample, info)
+            tensors.append(
+                {"name": output_name, "datatype": tensor["datatype"], "shape": [-1, *tensor["shape"][1:]]}
+            )
     return {
         "name": name,
         "versions": ["1"],
         "platform": "xgboost",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, width]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": output_shape}, *named],
+        "outputs": tensors,
     }
 
 
