@@ -119,9 +119,7 @@ def infer(model: LoadedModel, name: str, document: dict, context: Context) -> by
         )
     rows = rows_of(document["inputs"], info.n_features)
     prediction = np.asarray(model.predict_rows(rows, context), dtype=np.float32)
-    tensors = [
-        _tensor(output_name, prediction, info, context) for output_name in _names(document, info, context)
-    ]
+    tensors = [_tensor(output_name, prediction, info) for output_name in _names(document, info, context)]
     response = {"model_name": name, "outputs": tensors}
     if "id" in document:
         response["id"] = document["id"]
