@@ -250,3 +250,42 @@ def test_a_bad_variable_is_refused_naming_it(variable: str, value: str, words: s
     with pytest.raises(CommandError) as caught:
         config.from_args(parser.parse_args([]), {variable: value})
     assert f"{variable}={value!r}" in str(caught.value) and words in str(caught.value)
+
+
+def test_distinct_huge_content_type_and_accept_headers_are_not_retained(start_server, tmp_path) -> None:
+    """The codecs memoize parsed Content-Type and Accept values; a memo keyed by raw headers kept every
+    distinct value (256 per memo), so 512 distinct 1 MiB headers would keep ~512 MiB. Values over
+    MEMO_MAX_CHARS (256) are parsed per request instead: the memos stay under 2 x 256 x 256 characters."""
+    import psutil
+
+    from handler.codecs import MEMO_MAX_CHARS
+
+    booster = train_booster(2)
+    server = single_model(start_server, tmp_path, booster)
+    process = psutil.Process(server.proc.pid)
+    row = ",".join(map(repr, ROWS[0].tolist()))
+    padding = "x" * (1 << 20)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for i in range(20):  # warm up: allocator arenas and the model's hot paths
+            client.post(
+                "/invocations", content=row, headers={"Content-Type": f"text/csv;p={i}", "Accept": "*/*"}
+            )
+        before = process.memory_info().rss
+        for i in range(256):
+            typed = client.post(
+                "/invocations", content=row, headers={"Content-Type": f"text/csv;p={i}{padding}"}
+            )
+            assert typed.status_code == 200
+            accept = client.post(
+                "/invocations",
+                content=row,
+                headers={"Content-Type": "text/csv", "Accept": f"text/csv;x={i}{padding}"},
+            )
+            assert accept.status_code == 200
+        after = process.memory_info().rss
+        unknown = client.post("/invocations", content=row, headers={"Content-Type": f"a/b{padding}"})
+        assert unknown.status_code == 415 and len(unknown.content) < 1000  # the message quotes it cut short
+    assert after - before < 64 * 2**20, (
+        f"RSS grew {(after - before) / 2**20:.0f} MiB over 512 distinct 1 MiB headers"
+    )
+    assert len(padding) > MEMO_MAX_CHARS  # every header above is one the memos must not keep
