@@ -101,13 +101,12 @@ def encode(
 ) -> tuple[bytes, str]:
     """(response body, its content type) for the best type the Accept header allows; `default` answers
     a missing Accept or */*."""
-    kind = response_type(accept, default)
-    encoders = _SINGLE_MODEL if single_model else _MULTI_MODEL
-    return encoders[kind](np.ascontiguousarray(prediction, dtype=np.float32)), content_type_of(kind)
-
-
-def content_type_of(kind: str) -> str:
-    return CSV if kind == CSV_LINE else kind
+    if accept is None or len(accept) <= MEMO_MAX_CHARS:  # response_type(), inlined: this is every response
+        kind = _memo_response_type(accept, default)
+    else:
+        kind = _response_type(accept, default)
+    encoder, content_type = (_SINGLE_MODEL if single_model else _MULTI_MODEL)[kind]
+    return encoder(np.ascontiguousarray(prediction, dtype=np.float32)), content_type
 
 
 def response_type(accept: str | None, default: str = JSON) -> str:
@@ -495,18 +494,19 @@ def _to_single_jsonlines(prediction: np.ndarray) -> bytes:
     return b"".join(orjson.dumps(entry, option=_NUMPY) + b"\n" for entry in _scores(prediction))
 
 
-_MULTI_MODEL: dict[str, Encoder] = {
-    JSON: _to_json,
-    CSV: _to_csv_rows,
-    CSV_LINE: _to_csv_line,
-    JSONLINES: _to_jsonlines,
-    NPY: _to_npy,
-    RECORDIO: recordio.write_scores,
+# (encoder, response content type) for each of RESPONSE_TYPES
+_MULTI_MODEL: dict[str, tuple[Encoder, str]] = {
+    JSON: (_to_json, JSON),
+    CSV: (_to_csv_rows, CSV),
+    CSV_LINE: (_to_csv_line, CSV),
+    JSONLINES: (_to_jsonlines, JSONLINES),
+    NPY: (_to_npy, NPY),
+    RECORDIO: (recordio.write_scores, RECORDIO),
 }
 # AWS's single-model XGBoost endpoint: JSON {"predictions": [{"score": p}]}, and CSV lines ending in "\n".
-_SINGLE_MODEL: dict[str, Encoder] = {
+_SINGLE_MODEL: dict[str, tuple[Encoder, str]] = {
     **_MULTI_MODEL,
-    JSON: _to_single_json,
-    CSV: lambda prediction: _to_csv_rows(prediction) + b"\n",
-    JSONLINES: _to_single_jsonlines,
+    JSON: (_to_single_json, JSON),
+    CSV: (lambda prediction: _to_csv_rows(prediction) + b"\n", CSV),
+    JSONLINES: (_to_single_jsonlines, JSONLINES),
 }

@@ -129,10 +129,11 @@ def respond(
 ) -> tuple[bytes, str]:
     """(body, content type) for a default-handler prediction."""
     policy = model.policy
-    if custom_attributes or model.keys:
-        keys, source = chosen(custom_attributes, model)
-    else:  # the common case, decided without a look further
-        keys, source = policy.keys, "SAGEMAKER_INFERENCE_OUTPUT"
+    if not (custom_attributes or model.keys or policy.keys):  # the raw prediction: most responses
+        return codecs.encode(
+            prediction, accept, default=policy.default_type, single_model=policy.single_model
+        )
+    keys, source = chosen(custom_attributes, model)
     if not keys:
         return codecs.encode(
             prediction, accept, default=policy.default_type, single_model=policy.single_model

@@ -66,7 +66,7 @@ def may_be_request(content_type: str | None, body: bytes) -> bool:
     return (
         content_type is not None
         and content_type[:16].lower() == "application/json"
-        and body[:1] == b"{"
+        and body[:64].lstrip()[:1] == b"{"
         and b'"inputs"' in body
     )
 
@@ -76,7 +76,8 @@ def pick(request: Request, model: LoadedModel, body: bytes) -> Invoke:
     body on a SageMaker route), which is answered in V2."""
     if request.path.startswith("/v2/"):
         return _invoker(model, request.path.split("/")[3], required=True)
-    if may_be_request(request.headers.get("content-type"), body):
+    # A model with its own input_fn reads every body of the SageMaker routes itself.
+    if model.outputs is not None and may_be_request(request.headers.get("content-type"), body):
         name = request.headers.get("x-amzn-sagemaker-target-model")
         if name is None:
             parts = request.path.split("/")
