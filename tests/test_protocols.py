@@ -21,6 +21,7 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 ROWS = np.random.default_rng(7).random((3, N_FEATURES), dtype=np.float32)
 X = np.random.default_rng(8).random((200, N_FEATURES), dtype=np.float32)
+CSV_BODY = "\n".join(",".join(map(repr, row.tolist())) for row in ROWS)
 
 
 def classifier() -> xgb.Booster:
@@ -154,7 +155,7 @@ def test_a_libsvm_body_that_is_not_libsvm_is_refused(endpoint) -> None:
 
 def test_curl_default_content_type_is_read_as_the_body_looks(endpoint, boosters) -> None:
     want = boosters["reg.tar.gz"].inplace_predict(ROWS).tolist()
-    csv = "\n".join(",".join(map(repr, row.tolist())) for row in ROWS).encode()
+    csv = CSV_BODY.encode()
     for body in (csv, libsvm(ROWS).encode()):
         response = invoke(endpoint, "reg.tar.gz", body, {"Content-Type": "application/x-www-form-urlencoded"})
         assert response.json() == pytest.approx(want, rel=1e-6)
@@ -181,7 +182,7 @@ def test_single_model_answers_as_aws_single_model_endpoint(start_server, tmp_pat
     booster = train_booster(9)
     server = single_model(start_server, tmp_path, booster)
     want = booster.inplace_predict(ROWS)
-    body = "\n".join(",".join(map(repr, row.tolist())) for row in ROWS)
+    body = CSV_BODY
 
     def post(accept: str | None) -> httpx.Response:
         headers = {"Content-Type": "text/csv", **({"Accept": accept} if accept else {})}
@@ -212,7 +213,7 @@ def test_the_environment_selects_outputs_and_the_default_accept(start_server, tm
     }
     server = single_model(start_server, tmp_path, booster, **env)
     p = booster.inplace_predict(ROWS)
-    body = "\n".join(",".join(map(repr, row.tolist())) for row in ROWS)
+    body = CSV_BODY
     response = httpx.post(server.url + "/invocations", content=body, headers={"Content-Type": "text/csv"})
     assert response.headers["content-type"] == "application/jsonlines"
     rows = [json.loads(line) for line in response.text.splitlines()]
