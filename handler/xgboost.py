@@ -1,4 +1,4 @@
-"""The default handler functions, sagemaker-inference-toolkit's four, for XGBoost Boosters.
+"""The default handler functions for XGBoost Boosters (the default output_fn is handler/outputs.respond).
 
 A model folder's own `code/inference.py` may replace any of them (see handler/user_code.py).
 """
@@ -77,10 +77,6 @@ def predict_fn(data: Any, model: xgb.Booster) -> np.ndarray:
         return model.inplace_predict(data)
     except xgb.core.XGBoostError as exc:
         raise BadRequest(f"XGBoost cannot predict on this input: {_first_line(exc)}") from None
-
-
-def output_fn(prediction: np.ndarray, accept: str | None) -> tuple[bytes, str]:
-    return codecs.encode(prediction, accept)
 
 
 def find_artifact(names: Iterable[str], where: str) -> str:
