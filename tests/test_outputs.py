@@ -196,3 +196,15 @@ def test_without_selection_the_raw_prediction_answers(model_dirs) -> None:
     folder = model_dirs["multi:softprob"]
     body, _ = load_model(folder).invoke(BODY, "text/csv", None, Context(None, None))
     np.testing.assert_allclose(json.loads(body), reference(folder), rtol=1e-6)
+
+
+def test_selected_content_from_the_generated_code_path(model_dirs) -> None:
+    # A hot regression model answers one-row CSV from generated code, skipping input_fn: keys still apply.
+    folder = model_dirs["reg:squarederror"]
+    model = load_model(folder)
+    row = BODY.split(b"\n")[0]
+    for _ in range(model._predict.HOT_AFTER + 1):
+        model.invoke(row, "text/csv", None, Context(None, None))
+    assert model._predict.code_built.wait(30) and model._predict._walk_row is not None
+    body, _ = model.invoke(row, "text/csv", "text/csv", Context("inference_output=predicted_score", None))
+    np.testing.assert_allclose(float(body), reference(folder)[0], rtol=1e-6)
