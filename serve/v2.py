@@ -14,8 +14,9 @@ On the SageMaker invoke routes, an application/json body that is an object with 
 Triton's SageMaker mode takes) is a V2 request too, and gets a V2 response.
 
 A request holds one input tensor: shape [rows, features] (or [features], one row), a numeric datatype,
-its `data` flat or nested in row-major order. Binary tensor data (the binary extension) is refused with
-a 400: send JSON data. The outputs are `output__0` (the raw prediction, Triton FIL's name; `predict` is
+its `data` flat or nested in row-major order, or its bytes after the JSON (the binary extension; the
+JSON's size in Inference-Header-Content-Length, or in Triton SageMaker mode's content type). Outputs are
+always JSON data. The outputs are `output__0` (the raw prediction, Triton FIL's name; `predict` is
 accepted for MLServer's) or selectable inference keys (handler/outputs.py) named in "outputs"; without
 "outputs" the keys the custom attributes, model or container select, else `output__0`.
 """
@@ -43,20 +44,12 @@ if TYPE_CHECKING:
 INPUT_NAME = "input__0"
 OUTPUT_NAME = "output__0"
 _RAW_NAMES = (OUTPUT_NAME, "predict")
-_DATATYPES = {
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-}
+# The numeric datatypes and their binary-extension layouts (little-endian, row-major).
+_DTYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
+           "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+           "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}  # fmt: skip
+# Triton's SageMaker mode: JSON then binary tensors, the JSON's size a parameter of the content type.
+BINARY_JSON = "application/vnd.sagemaker-triton.binary+json"
 _JSON = b"application/json"
 Invoke = Callable[[bytes, "str | None", "str | None", Context], tuple[bytes, str]]
 
@@ -74,26 +67,46 @@ def may_be_request(content_type: str | None, body: bytes) -> bool:
 def pick(request: Request, model: LoadedModel, body: bytes) -> Invoke:
     """What answers an invoke: the model's own invoke, unless the request is V2 (a /v2 route, or a V2
     body on a SageMaker route), which is answered in V2."""
+    headers = request.headers
     if request.path.startswith("/v2/"):
-        return _invoker(model, request.path.split("/")[3], required=True)
+        size = headers.get("inference-header-content-length")  # the binary extension's JSON size
+        return _invoker(model, request.path.split("/")[3], required=True, json_size=size)
     # A model with its own input_fn reads every body of the SageMaker routes itself.
-    if model.outputs is not None and may_be_request(request.headers.get("content-type"), body):
-        name = request.headers.get("x-amzn-sagemaker-target-model")
+    if model.outputs is None:
+        return model.invoke
+    content_type = headers.get("content-type") or ""
+    binary = content_type[: len(BINARY_JSON)].lower() == BINARY_JSON
+    if binary or may_be_request(content_type, body):
+        name = headers.get("x-amzn-sagemaker-target-model")
         if name is None:
             parts = request.path.split("/")
             name = parts[2] if parts[1] == "models" else "model"
-        return _invoker(model, name, required=False)
+        size = _parameter(content_type, "json-header-size") if binary else None
+        return _invoker(model, name, required=binary, json_size=size or ("" if binary else None))
     return model.invoke
 
 
-def _invoker(model: LoadedModel, name: str, *, required: bool) -> Invoke:
+def _parameter(content_type: str, name: str) -> str | None:
+    for parameter in content_type.split(";")[1:]:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+def _invoker(model: LoadedModel, name: str, *, required: bool, json_size: str | None) -> Invoke:
     def invoke(
         body: bytes, content_type: str | None, accept: str | None, context: Context
     ) -> tuple[bytes, str]:
+        binary = None
+        if json_size is not None:
+            if not json_size.isdigit() or int(json_size) > len(body):
+                raise BadRequest(f"the JSON header size {json_size!r} is not a byte count within the body")
+            body, binary = body[: int(json_size)], memoryview(body)[int(json_size) :]
         document = _document(body, required=required)
         if document is None:  # JSON that only looked like V2: the model reads it as usual
             return model.invoke(body, content_type, accept, context)
-        return infer(model, name, document, context), "application/json"
+        return infer(model, name, document, context, binary), "application/json"
 
     return invoke
 
@@ -112,13 +125,15 @@ def _document(body: bytes, *, required: bool) -> dict | None:
     return None
 
 
-def infer(model: LoadedModel, name: str, document: dict, context: Context) -> bytes:
+def infer(
+    model: LoadedModel, name: str, document: dict, context: Context, binary: memoryview | None
+) -> bytes:
     info = model.outputs
     if info is None:
         raise BadRequest(
             "this model's code/inference.py has its own input_fn: V2 requests need the default one"
         )
-    rows = rows_of(document["inputs"], info.n_features)
+    rows = rows_of(document["inputs"], info.n_features, binary)
     prediction = np.asarray(model.predict_rows(rows, context), dtype=np.float32)
     tensors = [_tensor(output_name, prediction, info) for output_name in _names(document, info, context)]
     response = {"model_name": name, "outputs": tensors}
@@ -127,8 +142,8 @@ def infer(model: LoadedModel, name: str, document: dict, context: Context) -> by
     return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def rows_of(inputs: list, n_features: int | None) -> np.ndarray:
-    """The one input tensor as C-contiguous float32 rows."""
+def rows_of(inputs: list, n_features: int | None, binary: memoryview | None = None) -> np.ndarray:
+    """The one input tensor as C-contiguous float32 rows; `binary`, the bytes after the JSON."""
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(
             f"a V2 request needs exactly one input tensor [rows, features]; it has {len(inputs)}"
@@ -136,21 +151,52 @@ def rows_of(inputs: list, n_features: int | None) -> np.ndarray:
     tensor = inputs[0]
     label = f"input {tensor.get('name', '?')!r}"
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
-    if isinstance(tensor.get("parameters"), dict) and "binary_data_size" in tensor["parameters"]:
-        raise BadRequest(f"{label}: binary tensor data is not supported; send the data as JSON")
     if not (
         isinstance(shape, list) and 1 <= len(shape) <= 2 and all(type(d) is int and d >= 0 for d in shape)
     ):
         raise BadRequest(f"{label}: shape must be [rows, features] or [features], got {_short(shape)}")
-    if datatype not in _DATATYPES:
+    if datatype not in _DTYPES:
         raise BadRequest(
             f"{label}: datatype {_short(datatype)} is not numeric; use FP32 (or another number type)"
         )
-    if not isinstance(data, list):
-        raise BadRequest(f"{label}: data must be a list of numbers")
     count = math.prod(shape)
     if count > outputs.recordio.MAX_CELLS:
         raise BadRequest(f"{label}: shape {shape} is over {outputs.recordio.MAX_CELLS} values")
+    parameters = tensor.get("parameters")
+    if isinstance(parameters, dict) and "binary_data_size" in parameters:
+        values = _binary_values(label, parameters["binary_data_size"], datatype, count, binary)
+    else:
+        values = _json_values(label, data, datatype, count)
+    rows = values.reshape(shape if len(shape) == 2 else (1, shape[0])).astype(np.float32)
+    if rows.shape[0] == 0:
+        raise BadRequest(f"{label}: no rows")
+    if n_features is not None and rows.shape[1] != n_features:
+        raise BadRequest(f"{label}: expected {n_features} features, got {rows.shape[1]}")
+    if np.isinf(rows).any():
+        raise BadRequest(f"{label}: a value is beyond float32's range")
+    return np.ascontiguousarray(rows)
+
+
+def _binary_values(
+    label: str, size: object, datatype: str, count: int, binary: memoryview | None
+) -> np.ndarray:
+    dtype = np.dtype(_DTYPES[datatype])
+    if binary is None:
+        raise BadRequest(
+            f"{label}: binary_data_size without a JSON header size (Inference-Header-Content-Length, or "
+            f"json-header-size in {BINARY_JSON})"
+        )
+    if type(size) is not int or size != count * dtype.itemsize or size != len(binary):
+        raise BadRequest(
+            f"{label}: binary_data_size {_short(size)} must be the {count} values' {count * dtype.itemsize} "
+            f"bytes, and the body holds {len(binary)} after its JSON"
+        )
+    return np.frombuffer(binary, dtype=dtype, count=count)
+
+
+def _json_values(label: str, data: object, datatype: str, count: int) -> np.ndarray:
+    if not isinstance(data, list):
+        raise BadRequest(f"{label}: data must be a list of numbers")
     try:
         values = np.array(data)
     except ValueError:
@@ -160,15 +206,8 @@ def rows_of(inputs: list, n_features: int | None) -> np.ndarray:
     if values.dtype.kind not in "biuf":
         raise BadRequest(f"{label}: data must hold only numbers (as {datatype})")
     if values.size != count:
-        raise BadRequest(f"{label}: shape {shape} needs {count} values, data has {values.size}")
-    rows = values.reshape(shape if len(shape) == 2 else (1, shape[0])).astype(np.float32)
-    if rows.shape[0] == 0:
-        raise BadRequest(f"{label}: no rows")
-    if n_features is not None and rows.shape[1] != n_features:
-        raise BadRequest(f"{label}: expected {n_features} features, got {rows.shape[1]}")
-    if np.isinf(rows).any():
-        raise BadRequest(f"{label}: a value is beyond float32's range")
-    return np.ascontiguousarray(rows)
+        raise BadRequest(f"{label}: shape needs {count} values, data has {values.size}")
+    return values
 
 
 def _names(document: dict, info: outputs.ModelOutputs, context: Context) -> list[str]:

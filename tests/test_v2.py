@@ -3,6 +3,7 @@ cache, and V2 bodies on SageMaker's invoke routes, as a KServe-style httpx clien
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -201,7 +202,7 @@ MALFORMED = [
     (tensor(data=[None] * 6), "data must hold only numbers"),
     (tensor(shape=[1, 3], data=[1.0] * 3), "expected 6 features, got 3"),
     (tensor(shape=[0, 6], data=[]), "no rows"),
-    (tensor(parameters={"binary_data_size": 24}), "binary tensor data is not supported"),
+    (tensor(parameters={"binary_data_size": 24}), "binary_data_size without a JSON header size"),
     (tensor(shape=[1 << 20, 1 << 20]), "is over"),
     (tensor(data=[1e39] * 6), "beyond float32's range"),
     ({**tensor(), "outputs": [{"name": "probabilities"}]}, "unknown output(s) 'probabilities'"),
@@ -217,6 +218,52 @@ def test_malformed_v2_requests_are_400s_naming_the_problem(served, body, words: 
     assert response.status_code == 400 and words in response.json()["error"], response.text
     ok = client.post("/v2/models/soft/infer", json=request(ROWS[:1])).json()["outputs"][0]["data"]
     np.testing.assert_allclose(ok, boosters["soft"].inplace_predict(ROWS[:1]).ravel(), rtol=1e-6)
+
+
+def binary(rows: np.ndarray, datatype: str = "FP32", size: int | None = None) -> tuple[bytes, int]:
+    """A binary-extension body (tritonclient's default): the JSON, then the tensor's raw bytes."""
+    raw = rows.astype({"FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}[datatype]).tobytes()
+    parameters = {"binary_data_size": len(raw) if size is None else size}
+    header = {
+        "inputs": [
+            {"name": "input__0", "shape": list(rows.shape), "datatype": datatype, "parameters": parameters}
+        ]
+    }
+    text = json.dumps(header).encode()
+    return text + raw, len(text)
+
+
+def test_binary_tensor_data_on_the_v2_route_and_in_triton_sagemaker_mode(served) -> None:
+    client, boosters = served
+    want = boosters["reg"].inplace_predict(ROWS)
+    for datatype in ("FP32", "FP64"):
+        body, size = binary(ROWS, datatype)
+        headers = {"Inference-Header-Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        response = client.post("/v2/models/reg/infer", content=body, headers=headers)
+        np.testing.assert_allclose(response.json()["outputs"][0]["data"], want, rtol=1e-6)
+        content_type = f"application/vnd.sagemaker-triton.binary+json;json-header-size={size}"
+        response = client.post("/models/reg/invoke", content=body, headers={"Content-Type": content_type})
+        np.testing.assert_allclose(response.json()["outputs"][0]["data"], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "body_size, header, words",
+    [
+        ((ROWS, "FP32", 5), None, "binary_data_size 5 must be the 24 values' 96 bytes"),
+        ((ROWS[:1], "FP32", None), "9999", "not a byte count within the body"),
+        ((ROWS[:1], "FP32", None), "x", "not a byte count within the body"),
+        ((ROWS[:1], "INT64", None), "-", "binary_data_size 48 must be"),
+    ],
+)
+def test_malformed_binary_tensor_data(served, body_size, header, words: str) -> None:
+    client, _ = served
+    body, size = binary(*body_size)
+    if header == "-":  # the header is right, but extra bytes trail the tensor
+        body, header = body + b"\0" * 8, str(size)
+    response = client.post(
+        "/v2/models/reg/infer", content=body, headers={"Inference-Header-Content-Length": header or str(size)}
+    )
+    assert response.status_code == 400 and words in response.json()["error"], response.text
 
 
 def test_v2_route_errors(served) -> None:
