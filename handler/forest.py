@@ -72,6 +72,7 @@ class Forest:
     feature_types: tuple[str, ...] = ()
     attributes: dict[str, str] = field(default_factory=dict)
     source_format: str = ""  # for messages: "legacy binary (XGBoost 0.90)", "UBJSON", ...
+    version: tuple[int, int] = (3, 0)  # (major, minor) of the XGBoost that wrote it; 0.90 reads as (0, 0)
 
     @property
     def num_groups(self) -> int:
@@ -80,6 +81,61 @@ class Forest:
     @property
     def num_nodes(self) -> int:
         return sum(tree.num_nodes for tree in self.trees)
+
+    @property
+    def leaves_first(self) -> bool:
+        """Whether the XGBoost that wrote (and, in its SageMaker image, served) this model added up the
+        leaves first and base_score after: gbtree before 1.3, dart before 1.4 (checked on each version's
+        own predictions). Later versions start the float32 sum at base_score, a last-bit difference."""
+        if self.booster == "gblinear":
+            return False
+        return self.version < ((1, 4) if self.booster == "dart" else (1, 3))
+
+    def base_margin(self) -> np.ndarray:
+        """base_score as the margin XGBoost adds (float32), through the objective's link."""
+        to_margin = _LINKS.get(self.objective, (None, 0.0))[0]
+        if to_margin is None:
+            return self.base_score
+        with np.errstate(all="ignore"):
+            return to_margin(self.base_score.astype(np.float64)).astype(np.float32)
+
+    def base_added_last(self) -> Forest:
+        """The same predictions summed as XGBoost < 1.3 summed them (leaves_first), for any XGBoost: the
+        base margin moves into one more one-leaf tree per output group, which today's XGBoost adds last,
+        and base_score becomes the value whose margin is exactly 0."""
+        margins = self.base_margin()
+        groups = self.num_groups
+        leaves = tuple(_leaf(margins[g % len(margins)]) for g in range(groups))
+        zero = np.full(len(self.base_score), _LINKS.get(self.objective, (None, 0.0))[1], np.float32)
+        drop = (
+            None
+            if self.weight_drop is None
+            else np.concatenate([self.weight_drop, np.ones(groups, np.float32)])
+        )
+        return replace(
+            self,
+            trees=self.trees + leaves,
+            tree_info=np.concatenate([self.tree_info, np.arange(groups, dtype=np.int32)]),
+            weight_drop=drop,
+            base_score=zero,
+            version=(3, 0),
+        )
+
+    def weights_applied(self) -> Forest:
+        """A dart model as the gbtree it predicts like: each tree's weight multiplied into its leaves and
+        rounded to float32, as XGBoost 0.90-2.x did per prediction (3.x rounds elsewhere)."""
+        if self.weight_drop is None:
+            return self
+        trees = tuple(
+            replace(
+                tree,
+                threshold=np.where(tree.left == -1, tree.threshold * weight, tree.threshold).astype(
+                    np.float32
+                ),
+            )
+            for tree, weight in zip(self.trees, self.weight_drop.astype(np.float32), strict=True)
+        )
+        return replace(self, booster="gbtree", trees=trees, weight_drop=None)
 
     def limited(self, ntree_limit: int) -> Forest:
         """The model XGBoost < 1.4 predicted with `ntree_limit`: its first ntree_limit x groups trees.
@@ -92,6 +148,24 @@ class Forest:
             return self
         drop = None if self.weight_drop is None else self.weight_drop[:keep]
         return replace(self, trees=self.trees[:keep], tree_info=self.tree_info[:keep], weight_drop=drop)
+
+
+def _leaf(value: np.float32) -> Tree:
+    def one(dtype, fill=0):
+        return np.full(1, fill, dtype)
+
+    return Tree(one(np.int32, -1), one(np.int32, -1), one(np.int32), one(np.float32, value), one(np.uint8),
+                one(np.float32), one(np.float32), one(np.float32))  # fmt: skip
+
+
+# Objective -> (probability -> margin, the base_score whose margin is 0), as XGBoost >= 1.0 links them;
+# every other objective's margin is its base_score.
+_LOGIT = (lambda p: -np.log(1 / p - 1), 0.5)
+_LOG = (np.log, 1.0)
+_LINKS = {
+    "binary:logistic": _LOGIT, "reg:logistic": _LOGIT,
+    "count:poisson": _LOG, "reg:gamma": _LOG, "reg:tweedie": _LOG, "survival:cox": _LOG, "survival:aft": _LOG,
+}  # fmt: skip
 
 
 def build(forest: Forest, limits: ModelLimits) -> Forest:

@@ -97,6 +97,7 @@ def load_model(
     allow_pickle: bool = False,
     allow_user_code: bool = False,
     limits: ModelLimits = defaults.DEFAULT_LIMITS,
+    ensemble: bool = True,
 ) -> LoadedModel:
     """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load."""
     model_dir = Path(model_dir)
@@ -107,17 +108,21 @@ def load_model(
     if "model_fn" in user:
         model = _user_model(user["model_fn"], model_dir)
     else:
-        forest = defaults.read_forest(model_dir, allow_pickle=allow_pickle, limits=limits)
-        raw = defaults.to_ubjson(forest)
-        model = defaults.booster_from_ubjson(raw)
+        forests = defaults.read_forests(
+            model_dir, allow_pickle=allow_pickle, limits=limits, ensemble=ensemble
+        )
+        raws = [defaults.to_ubjson(one) for one in forests]
+        boosters = [defaults.booster_from_ubjson(raw) for raw in raws]
+        model = boosters[0] if len(boosters) == 1 else boosters
+        forest = forests[0] if len(forests) == 1 else None
 
-    if isinstance(model, xgb.Booster):
-        n_features = model.num_features()
-        if forest is None:  # a Booster from the user's own code: only the Booster can say its size
+    if isinstance(model, xgb.Booster) or "model_fn" not in user:
+        n_features = (model if isinstance(model, xgb.Booster) else model[0]).num_features()
+        if "model_fn" in user:  # a Booster from the user's own code: only the Booster can say its size
             model.set_param({"nthread": 1})
             ubjson_size = _on_a_short_lived_thread(lambda: len(model.save_raw("ubj")))
         else:
-            ubjson_size = len(raw)
+            ubjson_size = sum(len(raw) for raw in raws)
         size_bytes = defaults.size_bytes(ubjson_size)
         if "predict_fn" not in user:
             size_bytes += treewalk.estimated_nbytes(ubjson_size)  # counted now: the walker may come later
@@ -139,6 +144,8 @@ def load_model(
         predict_step = _user_step("predict_fn", user["predict_fn"])
     elif isinstance(model, xgb.Booster):
         predict_step = walking = WalkingPredict(model, forest, n_features)
+    elif isinstance(model, list):  # an ensemble: AWS's image's mean or vote, with no walker
+        predict_step = _ensemble_step(forests, boosters)
     else:
         predict_step = _plain_predict
     if "output_fn" in user:
@@ -159,6 +166,17 @@ def _on_a_short_lived_thread(work: Callable[[], Any]) -> Any:
     """
     with ThreadPoolExecutor(max_workers=1) as scratch:
         return scratch.submit(work).result()
+
+
+def _ensemble_step(forests: list[Forest], boosters: list[xgb.Booster]) -> Step:
+    objective = forests[0].objective
+
+    def predict(data: Any, model: Any, context: Context) -> np.ndarray:
+        return defaults.combine_ensemble(
+            [defaults.predict_fn(data, booster) for booster in boosters], objective
+        )
+
+    return predict
 
 
 def _plain_predict(data: Any, model: Any, context: Context) -> Any:
@@ -218,7 +236,7 @@ class WalkingPredict:
             try:
                 forest = self._forest or defaults.forest_of(self._booster)
                 self._forest = None  # the walker holds what it needs; the rest is given back
-                self._walker = treewalk.TreeWalker.compile(forest, self._booster)
+                self._walker = treewalk.TreeWalker.compile(forest, self._booster.inplace_predict)
                 if self._walker is not None:
                     self._walk = self._walker.predict
                     self._due = self.HOT_AFTER
@@ -226,7 +244,7 @@ class WalkingPredict:
                 self.walker_built.set()
             return
         try:
-            code = self._walker.to_code(self._booster)
+            code = self._walker.to_code(self._booster.inplace_predict)
             if code is not None and (self.reserve is None or self.reserve(code.nbytes)):
                 self._walk = code.predict
                 self._walk_row = code.predict_row

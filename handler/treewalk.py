@@ -15,9 +15,9 @@ predictions differ from XGBoost's by a single bit, is left to XGBoost.
 from __future__ import annotations
 
 import array
+from collections.abc import Callable
 
 import numpy as np
-import xgboost as xgb
 
 from handler.forest import Forest
 
@@ -40,6 +40,8 @@ CODE_NBYTES_PER_NODE = 128
 # Python's parser refuses code nested 100 deep; a deeper tree keeps the array walk.
 _MAX_CODE_DEPTH = 60
 _ONE_ZERO = bytes(4)
+# The model's own batch prediction (XGBoost), which a walk must equal bit for bit.
+Reference = Callable[[np.ndarray], np.ndarray]
 
 
 def estimated_nbytes(ubjson_size: int) -> int:
@@ -50,10 +52,23 @@ def estimated_nbytes(ubjson_size: int) -> int:
 class TreeWalker:
     """Flat arrays of every node of every tree; a leaf's feature is -1 and its threshold is its value."""
 
-    __slots__ = ("_base", "_roots", "_feature", "_threshold", "_left", "_right", "_missing", "nbytes")
+    __slots__ = (
+        "_base",
+        "_width",
+        "_roots",
+        "_feature",
+        "_threshold",
+        "_left",
+        "_right",
+        "_missing",
+        "nbytes",
+    )
 
-    def __init__(self, base: float, roots: array.array, feature, threshold, left, right, missing) -> None:
+    def __init__(
+        self, base: float, width: int, roots: array.array, feature, threshold, left, right, missing
+    ) -> None:
         self._base = base
+        self._width = width
         self._roots = roots
         self._feature = feature
         self._threshold = threshold
@@ -64,11 +79,11 @@ class TreeWalker:
         self.nbytes = sum(a.itemsize * len(a) for a in (*arrays, roots))
 
     @classmethod
-    def compile(cls, forest: Forest, booster: xgb.Booster) -> TreeWalker | None:
-        """A walker that predicts exactly what `booster` (made from `forest`) does, or None where it
-        cannot promise that."""
+    def compile(cls, forest: Forest, reference: Reference) -> TreeWalker | None:
+        """A walker that predicts exactly what `reference` (the model's batch prediction) does, or None
+        where it cannot promise that."""
         walker = cls.from_forest(forest)
-        if walker is None or not walker._agrees_with(booster):
+        if walker is None or not walker._agrees_with(reference):
             return None
         return walker
 
@@ -97,6 +112,7 @@ class TreeWalker:
 
         return cls(
             float(forest.base_score[0]),
+            forest.num_feature,
             ints(starts),
             ints(np.where(leaf, -1, np.concatenate([tree.feature for tree in forest.trees]))),
             array.array("f", np.concatenate([tree.threshold for tree in forest.trees]).tobytes()),
@@ -138,7 +154,7 @@ class TreeWalker:
     def nodes(self) -> int:
         return len(self._feature)
 
-    def to_code(self, booster: xgb.Booster) -> TreeCode | None:
+    def to_code(self, reference: Reference) -> TreeCode | None:
         """The same trees as one generated function, or None (a tree too deep, a disagreement)."""
         lines = ["def walk(x, out, i):", f"    out[i] = {self._base!r}"]
 
@@ -167,12 +183,12 @@ class TreeWalker:
         exec(compile("\n".join(lines), "<tree code>", "exec"), scope)  # noqa: S102 - our own generated code
         # Popped, not read: a function left in its own globals is a cycle only the cyclic GC frees.
         code = TreeCode(scope.pop("walk"), CODE_NBYTES_PER_NODE * self.nodes)  # type: ignore[arg-type]
-        return code if self._agrees_with(booster, code.predict) else None
+        return code if self._agrees_with(reference, code.predict) else None
 
-    def _agrees_with(self, booster: xgb.Booster, predict=None) -> bool:
+    def _agrees_with(self, reference: Reference, predict=None) -> bool:
         """Bit-for-bit equal to XGBoost on rows that reach every side of the thresholds, NaN included."""
         predict = predict or self.predict
-        n_features = booster.num_features()
+        n_features = self._width
         rng = np.random.default_rng(0)
         thresholds = np.frombuffer(self._threshold, dtype=np.float32)
         splits = thresholds[np.frombuffer(self._feature, dtype=np.int32) >= 0]
@@ -181,7 +197,7 @@ class TreeWalker:
         rows += rng.choice(np.array([-1e-3, 0, 1e-3], dtype=np.float32), size=rows.shape) * np.abs(rows)
         rows[rng.random(rows.shape) < 0.1] = np.nan
         ours = np.concatenate([predict(rows[i : i + MAX_ROWS]) for i in range(0, _CHECK_ROWS, MAX_ROWS)])
-        return bool(np.array_equal(ours, booster.inplace_predict(rows)))
+        return bool(np.array_equal(ours, reference(rows)))
 
 
 class TreeCode:

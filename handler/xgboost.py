@@ -25,21 +25,38 @@ DEFAULT_LIMITS = ModelLimits()
 ARTIFACT_NAME = "xgboost-model"  # what SageMaker's XGBoost training writes
 ARTIFACT_SUFFIXES = (".json", ".ubj", ".bst", ".model")
 
+_FOLD = re.compile(r"xgboost-model-\d+")  # the k-fold outputs of SageMaker's 1.2-2 and later images
+# Objectives whose ensemble answer is a vote, not a mean (AWS's image's rule).
+VOTING_OBJECTIVES = ("multi:softmax", "binary:hinge")
+
 _XGBOOST_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
-def model_fn(
-    model_dir: Path, *, allow_pickle: bool = False, limits: ModelLimits = DEFAULT_LIMITS
-) -> xgb.Booster:
-    """The Booster in model_dir: `xgboost-model`, or its one *.json / *.ubj / *.bst / *.model file."""
-    return booster_from_ubjson(to_ubjson(read_forest(model_dir, allow_pickle=allow_pickle, limits=limits)))
+def model_fn(model_dir: Path, **options: Any) -> xgb.Booster | list[xgb.Booster]:
+    """The Booster in model_dir (`xgboost-model`, or its one *.json / *.ubj / *.bst / *.model file), or the
+    list of an ensemble's Boosters (k-fold `xgboost-model-N` files), as AWS's image's model_fn returns."""
+    boosters = [booster_from_ubjson(to_ubjson(forest)) for forest in read_forests(model_dir, **options)]
+    return boosters[0] if len(boosters) == 1 else boosters
 
 
-def read_forest(
-    model_dir: Path, *, allow_pickle: bool = False, limits: ModelLimits = DEFAULT_LIMITS
-) -> Forest:
-    """The validated model in model_dir, read by the project's own readers (handler/formats)."""
-    path = artifact_path(model_dir)
+def read_forests(
+    model_dir: Path,
+    *,
+    allow_pickle: bool = False,
+    limits: ModelLimits = DEFAULT_LIMITS,
+    ensemble: bool = True,
+) -> list[Forest]:
+    """The validated model(s) in model_dir, read by the project's own readers (handler/formats)."""
+    try:
+        names = [entry.name for entry in model_dir.iterdir() if entry.is_file()]
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model folder {model_dir}: {exc.strerror}") from None
+    chosen = find_artifacts(names, f"model folder {model_dir.name!r}", ensemble=ensemble)
+    return [read_forest(model_dir / name, allow_pickle=allow_pickle, limits=limits) for name in chosen]
+
+
+def read_forest(path: Path, *, allow_pickle: bool = False, limits: ModelLimits = DEFAULT_LIMITS) -> Forest:
+    """The validated model in the file `path`."""
     try:
         with path.open("rb") as file:
             data = file.read(limits.max_model_bytes + 1)
@@ -91,32 +108,67 @@ def booster_from_ubjson(raw: bytes) -> xgb.Booster:
     return booster
 
 
-def artifact_path(model_dir: Path) -> Path:
-    try:
-        names = [entry.name for entry in model_dir.iterdir() if entry.is_file()]
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read model folder {model_dir}: {exc.strerror}") from None
-    return model_dir / find_artifact(names, f"model folder {model_dir.name!r}")
-
-
 def input_fn(input_data: bytes, content_type: str | None, n_features: int | None = None) -> np.ndarray:
     """Float32 rows; n_features, when the model's is known, sizes libsvm rows and checks every request."""
     return codecs.decode(input_data, content_type, n_features)
 
 
-def predict_fn(data: Any, model: xgb.Booster) -> np.ndarray:
+def predict_fn(data: Any, model: xgb.Booster | list[xgb.Booster]) -> np.ndarray:
     # One small function on purpose: the call a leaner C-API predictor would replace. A DMatrix is what AWS's
     # container's input_fn returns, so users' own input_fn may too.
+    if isinstance(model, list):
+        return combine_ensemble([predict_fn(data, booster) for booster in model], _objective(model[0]))
     try:
         if isinstance(data, xgb.DMatrix):
             return model.predict(data)
+        if _is_linear(model):  # XGBoost has no in-place prediction for gblinear
+            return model.predict(xgb.DMatrix(data, missing=np.nan))
         return model.inplace_predict(data)
     except xgb.core.XGBoostError as exc:
         raise BadRequest(f"XGBoost cannot predict on this input: {_first_line(exc)}") from None
 
 
+def combine_ensemble(answers: list[np.ndarray], objective: str) -> np.ndarray:
+    """What AWS's image answers for several model files: the members' mean, or for class-valued objectives
+    (multi:softmax, binary:hinge) their vote, the most common answer and the smallest of a tie."""
+    stacked = np.stack(answers)
+    if objective not in VOTING_OBJECTIVES:
+        return np.mean(stacked, axis=0)
+    values, index = np.unique(stacked, return_inverse=True)
+    index = index.reshape(stacked.shape)
+    counts = np.stack([(index == k).sum(axis=0) for k in range(len(values))])
+    return values[np.argmax(counts, axis=0)].astype(stacked.dtype)
+
+
+def _is_linear(booster: xgb.Booster) -> bool:
+    # Asked once per Booster and kept on it: save_config costs as much as a small prediction.
+    linear = getattr(booster, "_mme_linear", None)
+    if linear is None:
+        linear = booster._mme_linear = (
+            orjson.loads(booster.save_config())["learner"]["gradient_booster"]["name"] == "gblinear"
+        )
+    return linear
+
+
+def _objective(booster: xgb.Booster) -> str:
+    return orjson.loads(booster.save_config())["learner"]["objective"]["name"]
+
+
 def output_fn(prediction: np.ndarray, accept: str | None) -> tuple[bytes, str]:
     return codecs.encode(prediction, accept)
+
+
+def find_artifacts(names: Iterable[str], where: str, *, ensemble: bool) -> list[str]:
+    """The model files of a folder: `xgboost-model`; else k-fold `xgboost-model-N` files, or several
+    *.json/*.ubj/... files, served together when ensemble (SAGEMAKER_INFERENCE_ENSEMBLE) is on, as AWS's
+    image does, and only the first (by name) when it is off."""
+    names = sorted(names)
+    folds = sorted((n for n in names if _FOLD.fullmatch(n)), key=lambda n: int(n.rsplit("-", 1)[1]))
+    candidates = [n for n in names if n.lower().endswith(ARTIFACT_SUFFIXES)]
+    if ARTIFACT_NAME not in names and (folds or len(candidates) > 1):
+        members = folds or candidates
+        return members if ensemble else members[:1]
+    return [find_artifact(names, where)]
 
 
 def find_artifact(names: Iterable[str], where: str) -> str:

@@ -87,7 +87,7 @@ def test_loads_the_fixture_artifact_and_sets_one_thread(make_model_dir) -> None:
     [
         ({}, "holds no model file; want `xgboost-model` or exactly one *.json/*.ubj/*.bst/*.model file"),
         ({"notes.txt": b"x", "code/model.json": b"{}"}, "file (it holds: notes.txt)"),
-        ({"a.json": b"{}", "b.ubj": b"{}"}, "holds 2 model files (a.json, b.ubj)"),
+        ({"a.json": b"{}", "b.ubj": b"{}"}, "a.json: invalid JSON model: document.learner is missing"),
         ({"xgboost-model": b""}, "xgboost-model is empty"),
         ({"xgboost-model": b'{"learner": {"attributes": '}, "xgboost-model is not a valid JSON model"),
         ({"model.ubj": b"{L\x00\x00\x00\x00\x00\x00\x00\x07lear"}, "model.ubj: corrupt UBJSON model"),
@@ -100,7 +100,7 @@ def test_loads_the_fixture_artifact_and_sets_one_thread(make_model_dir) -> None:
     ids=[
         "empty folder",
         "no candidate",
-        "two candidates",
+        "two candidates, read as an ensemble",
         "empty",
         "corrupt json",
         "corrupt ubj",

@@ -28,13 +28,23 @@ def read(data: bytes, source: str, limits: ModelLimits, *, allow_pickle: bool = 
     try:
         if data[:1] == b"\x80":  # the PROTO opcode every pickle of protocol 2+ starts with
             state = pickled.read(data, source, allow_sklearn=allow_pickle)
-            forest = _unpickled(state.handle, f"{source} (pickled Booster)", limits)
-            return build(forest, limits).limited(state.best_ntree_limit)
-        return build(_model_file(data, source, limits), limits)
+            forest = build(_unpickled(state.handle, f"{source} (pickled Booster)", limits), limits)
+            # SageMaker's 0.90-1.2 images predicted a pickle with its best_ntree_limit; pickles of 1.3 and
+            # later (JSON or UBJSON inside) come from users' scripts, whose serving used every tree.
+            legacy_inside = not state.handle.startswith(b"{")
+            return _as_served(forest.limited(state.best_ntree_limit) if legacy_inside else forest)
+        return _as_served(build(_model_file(data, source, limits), limits))
     except ModelLoadError as exc:
         if str(exc).startswith(source):
             raise
         raise ModelLoadError(f"{source}: {exc}") from None
+
+
+def _as_served(forest: Forest) -> Forest:
+    # Summed as the XGBoost that wrote it summed, whichever XGBoost predicts from now on.
+    leaves_first = forest.leaves_first
+    forest = forest.weights_applied()
+    return forest.base_added_last() if leaves_first else forest
 
 
 def _unpickled(handle: bytes, source: str, limits: ModelLimits) -> Forest:

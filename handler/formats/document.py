@@ -24,6 +24,7 @@ _REQUIRED_BLOCKS: dict[str, dict[str, dict[str, str]]] = {
     },
     "reg:quantileerror": {"quantile_loss_param": {"quantile_alpha": "[5E-1]"}},
 }
+_RENAMED = {"reg:linear": "reg:squarederror"}
 _MAX_CONFIG_CHARS = 4096
 _TREE_FLOATS = ("split_conditions", "loss_changes", "sum_hessian", "base_weights")
 
@@ -68,7 +69,7 @@ class _Fields:
         value = self.get(key, default)
         if isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
             values = value
-        elif isinstance(value, list) and all(type(v) in (int, float) for v in value):
+        elif isinstance(value, list) and all(type(v) in (int, float, bool) for v in value):
             values = np.array(value, dtype=np.float64 if any(type(v) is float for v in value) else np.int64)
         else:
             raise self.fail(key, "is not a list of numbers")
@@ -129,8 +130,18 @@ def forest_from_document(document: Any, source: str) -> Forest:
         feature_types=learner.strings("feature_types"),
         attributes=dict(attributes),
         source_format=source,
+        version=_version(top),
         **forest_fields,
     )
+
+
+def _version(top: _Fields) -> tuple[int, int]:
+    version = top.get("version", [3, 0, 0])
+    if isinstance(version, np.ndarray):
+        version = version.tolist()
+    if not isinstance(version, list) or len(version) < 2 or not all(type(v) is int for v in version[:2]):
+        raise top.fail("version", "is not [major, minor, patch]")
+    return (version[0], version[1])
 
 
 def _checked_config(config: dict, objective: _Fields) -> dict:
@@ -230,7 +241,8 @@ def document_from_forest(forest: Forest) -> dict[str, Any]:
             "num_feature": str(forest.num_feature),
             "num_target": "1",
         },
-        "objective": {"name": forest.objective, **config},
+        # reg:linear is reg:squarederror under its old name, which XGBoost 3 warns about on every load.
+        "objective": {"name": _RENAMED.get(forest.objective, forest.objective), **config},
     }
     return {"learner": learner, "version": [2, 1, 0]}
 

@@ -42,7 +42,7 @@ _MAX_NAME = 256
 _LOGIT = (lambda m: 1 / (1 + math.exp(-m)), lambda p: -math.log(1 / p - 1))
 _LOG = (math.exp, math.log)
 _TRANSFORMS = {
-    "binary:logistic": _LOGIT, "reg:logistic": _LOGIT, "binary:logitraw": _LOGIT,
+    "binary:logistic": _LOGIT, "reg:logistic": _LOGIT,
     "count:poisson": _LOG, "reg:gamma": _LOG, "reg:tweedie": _LOG, "survival:cox": _LOG, "survival:aft": _LOG,
 }  # fmt: skip
 
@@ -121,11 +121,12 @@ def read(data: bytes, source: str) -> Forest:
         booster=booster,
         objective=objective,
         objective_config=config,
-        base_score=np.array([_base_score(base, objective, major)], dtype=np.float32),
+        base_score=np.array([_base_score(base, objective, (major, minor))], dtype=np.float32),
         num_feature=num_feature,
         num_class=num_class,
         attributes=attributes,
         source_format=f"legacy binary model (XGBoost {version})",
+        version=(major, minor),
         **fields,
     )
 
@@ -136,7 +137,7 @@ def _gbtree(stream: _Stream, num_class: int, dart: bool) -> dict:
     )
     if num_trees < 0 or num_trees * (_TREE_SIZE + 36) > len(stream.data) - stream.pos:
         raise stream.fail(f"it claims {num_trees} trees, more than the file holds")
-    if groups != max(num_class, 1):
+    if groups not in (0, max(num_class, 1)):  # 0 from XGBoost 1.0 on, which keeps it in num_class
         raise stream.fail(f"{groups} output groups for num_class {num_class}")
     trees = tuple(_tree(stream, i) for i in range(num_trees))
     tree_info = stream.array(np.dtype("<i4"), num_trees, "tree_info").astype(np.int32)
@@ -205,15 +206,18 @@ def _objective_config(attributes: dict[str, str], stream: _Stream) -> dict:
     return {key: value for key, value in saved.items() if key != "name"}
 
 
-def _base_score(stored: float, objective: str, major: int) -> np.float32:
+def _base_score(stored: float, objective: str, version: tuple[int, int]) -> np.float32:
     """base_score in probability space, as every later format stores it.
 
     Files from XGBoost < 1.0 hold the margin: it is turned into the probability whose margin, as XGBoost
     computes it again on load, is exactly the stored float32, so predictions keep every bit.
     """
     stored32 = np.float32(stored)
+    if objective == "binary:logitraw" and (1, 0) <= version < (1, 3) and 0 < stored < 1:
+        # 1.0-1.2 turned logitraw's base_score into a margin with the logit; 3.x takes it as it is.
+        return np.float32(-math.log(1 / float(stored32) - 1))
     transform = _TRANSFORMS.get(objective)
-    if major >= 1 or objective in MULTICLASS or transform is None or not math.isfinite(stored):
+    if version >= (1, 0) or objective in MULTICLASS or transform is None or not math.isfinite(stored):
         return stored32
     forward, back = transform
     try:
