@@ -94,7 +94,7 @@ def test_one_row_answers_on_both_fast_paths_are_the_same_bits(entry: dict, monke
 
 
 @pytest.mark.parametrize("entry", CASES, ids=IDS)
-def test_mme_convert_with_check_writes_ubjson_that_plain_xgboost_serves_the_same(entry: dict, tmp_path) -> None:
+def test_mme_convert_with_check_writes_ubjson_plain_xgboost_serves_the_same(entry: dict, tmp_path) -> None:
     folder, case, rows, served = _case(entry)
     per_model = case.get("per_model_prediction_bits") or [case["prediction_bits"]]
     for name, bits in zip(case["model_files"], per_model, strict=True):
