@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import xgboost as xgb
 
 from handler import codecs, recordio
 from handler.errors import BadRequest, ModelLoadError, NotAcceptable
+from handler.forest import Forest
 
 PREDICTED_LABEL, LABELS = "predicted_label", "labels"
 PROBABILITY, PROBABILITIES = "probability", "probabilities"
@@ -90,19 +92,23 @@ class ModelOutputs:
     policy: Policy = Policy()
 
 
-def objective_of(booster) -> tuple[str, int]:
-    """(objective name, num_class) from the Booster's own configuration; read once, at load."""
+def objective_of(booster: xgb.Booster) -> tuple[str, int]:
+    """(objective name, num_class) of a Booster from a user's model_fn, from its own configuration."""
     learner = json.loads(booster.save_config())["learner"]
     return learner["objective"]["name"], int(learner["learner_model_param"].get("num_class", "0") or 0)
 
 
-def describe(booster, model_dir: Path, policy: Policy) -> ModelOutputs:
-    """The model's outputs; ModelLoadError if its `inference_output` file names keys it cannot answer."""
-    if booster is None:
-        objective, num_class, n_features = None, 0, None
+def describe(
+    model: Forest | xgb.Booster | object, n_features: int | None, model_dir: Path, policy: Policy
+) -> ModelOutputs:
+    """A model's outputs, read once at load; ModelLoadError if its `inference_output` file names keys it
+    cannot answer. `model` is the artifact's (first) Forest, or what a user's model_fn returned."""
+    if isinstance(model, Forest):
+        objective, num_class = model.objective, model.num_class
+    elif isinstance(model, xgb.Booster):
+        objective, num_class = objective_of(model)
     else:
-        objective, num_class = objective_of(booster)
-        n_features = booster.num_features()
+        objective, num_class = None, 0
     path = Path(model_dir) / MODEL_FILE
     keys: tuple[str, ...] = ()
     if path.is_file():

@@ -310,6 +310,8 @@ class App:
                 allow_pickle=config.allow_pickle,
                 allow_user_code=config.allow_user_code,
                 policy=policy,
+                limits=config.model_limits,
+                ensemble=config.ensemble,
             )
             return Loaded(model, model.size_bytes)
 
