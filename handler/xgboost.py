@@ -19,6 +19,7 @@ from handler.errors import BadRequest, ModelLoadError
 from handler.forest import Forest, ModelLimits, check_rows, leaf_indices  # noqa: F401 - check_rows for convert
 from handler.formats import ubjson
 from handler.formats.document import document_from_forest
+from handler.outputs import objective_of
 
 DEFAULT_LIMITS = ModelLimits()
 
@@ -117,7 +118,7 @@ def predict_fn(data: Any, model: xgb.Booster | list[xgb.Booster]) -> np.ndarray:
     # One small function on purpose: the call a leaner C-API predictor would replace. A DMatrix is what AWS's
     # container's input_fn returns, so users' own input_fn may too.
     if isinstance(model, list):
-        return combine_ensemble([predict_fn(data, booster) for booster in model], _objective(model[0]))
+        return combine_ensemble([predict_fn(data, booster) for booster in model], objective_of(model[0])[0])
     try:
         if isinstance(data, xgb.DMatrix):
             return model.predict(data)
@@ -148,10 +149,6 @@ def _is_linear(booster: xgb.Booster) -> bool:
             orjson.loads(booster.save_config())["learner"]["gradient_booster"]["name"] == "gblinear"
         )
     return linear
-
-
-def _objective(booster: xgb.Booster) -> str:
-    return orjson.loads(booster.save_config())["learner"]["objective"]["name"]
 
 
 def find_artifacts(names: Iterable[str], where: str, *, ensemble: bool) -> list[str]:
