@@ -1,7 +1,8 @@
 """What the server calls: load_model(model_dir) once, then LoadedModel.invoke per request.
 
-Each of sagemaker-inference-toolkit's four functions is the default from handler/xgboost.py unless the
-model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
+Each of sagemaker-inference-toolkit's four functions has a default (model_fn, input_fn and predict_fn in
+handler/xgboost.py; output_fn is handler/outputs.respond, which also answers selectable inference
+content) unless the model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
 the toolkit does: a parameter named `context`, or one positional parameter more than the usual signature.
 """
 
