@@ -322,7 +322,9 @@ class App:
         path = Path(url)
         shown = url if len(url) <= 200 else url[:200] + "..."
         if not path.is_absolute() or ".." in path.parts or "\x00" in url:
-            raise HTTPError(400, f"url {shown!r} must be an absolute path without '..' under {self.model_root}")
+            raise HTTPError(
+                400, f"url {shown!r} must be an absolute path without '..' under {self.model_root}"
+            )
         if len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
             raise HTTPError(400, f"url {shown!r} is longer than {MAX_URL_BYTES} bytes")
         try:

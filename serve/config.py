@@ -142,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--max-header-bytes", help="request line and headers of one request, e.g. 64KiB (431 over it)")
     add("--max-headers", type=int, help="headers of one request (431 over it; env MME_MAX_HEADERS; 100)")
-    add("--header-timeout", type=float, help="seconds to send a request's headers (env MME_HEADER_TIMEOUT; 10)")
+    add("--header-timeout", type=float, help="seconds to send a request's headers (MME_HEADER_TIMEOUT; 10)")
     add("--body-timeout", type=float, help="seconds to send a request's body (env MME_BODY_TIMEOUT; 30)")
     add("--keep-alive", type=float, help="seconds an idle connection stays open (env MME_KEEP_ALIVE; 5)")
     add("--max-connections", type=int, help="open connections (env MME_MAX_CONNECTIONS; 1000)")

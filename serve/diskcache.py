@@ -141,7 +141,7 @@ class DiskCache:
             try:
                 version = self.source.fetch(name, download)
             except OSError as exc:  # our disk (full, read-only): the server's trouble, not the artifact's
-                raise SourceUnavailable(f"cannot store artifact '{name}' on local disk: {exc.strerror}") from None
+                raise SourceUnavailable(f"cannot store artifact '{name}' locally: {exc.strerror}") from None
             download_size = download.stat().st_size
             held = self._reserve(name, download_size, held)
             dest = self.root / _folder_name(name)
@@ -161,7 +161,7 @@ class DiskCache:
         except BadArtifact as exc:
             raise BadArtifact(f"artifact '{name}': {exc}") from None
         except OSError as exc:
-            raise SourceUnavailable(f"cannot unpack artifact '{name}' on local disk: {exc.strerror}") from None
+            raise SourceUnavailable(f"cannot unpack artifact '{name}' locally: {exc.strerror}") from None
         finally:
             download.unlink(missing_ok=True)
             with self._lock:
