@@ -311,9 +311,6 @@ class App:
         folder = self._confine(url)
         if name in self.cache and not self.cache.is_loading(name):
             raise HTTPError(409, f"model {name!r} is already loaded")
-        loading = self.cache.loading_url(name)
-        if loading is not None and loading != url:
-            raise HTTPError(409, f"model {name!r} is already being loaded from another url")
         entry = await self._load_folder(name, folder, url=url)
         return json_response({"status": f"model {name!r} loaded", "modelName": name, "sizeBytes": entry.size})
 

@@ -216,10 +216,6 @@ class ModelCache:
     def is_loading(self, name: str) -> bool:
         return name in self._loading
 
-    def loading_url(self, name: str) -> str | None:
-        """Where the load of `name` in flight reads from, or None."""
-        return self._loading_urls.get(name)
-
     # --- using ---------------------------------------------------------------------------------
     def lease(self, name: str, *, miss: bool = False) -> Lease:
         """Hold a model for one invocation (`with cache.lease(name) as entry:`); an unload waits until
@@ -246,6 +242,9 @@ class ModelCache:
         on the old one); otherwise a resident model is AlreadyLoaded.
         """
         task = self._loading.get(name)
+        if task is not None and self._loading_urls[name] != url:
+            # Callers asking for one url share its load; another url for the name is another model.
+            raise AlreadyLoaded(f"model {name!r} is already being loaded from {self._loading_urls[name]}")
         if task is None:
             if name in self._entries and not replace:
                 raise AlreadyLoaded(f"model {name!r} is already loaded")
