@@ -221,3 +221,144 @@ def test_14_drain_ends_within_its_bound_with_a_request_stalled_mid_body(models: 
         server.proc.send_signal(signal.SIGTERM)
         # SageMaker kills 30 s after SIGTERM; the 2 s drain (plus the server's own exit) ends well before.
         assert server.proc.wait(timeout=15) == 0
+
+
+# --- contract mode: a model root holding good and hostile folders ---------------------------------
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, make_model_dir) -> Path:
+    folder = tmp_path_factory.mktemp("root")
+    good = folder / "good"
+    good.mkdir()
+    (good / "xgboost-model").write_bytes((make_model_dir(3) / "xgboost-model").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def contract(root: Path):
+    process = ServerProcess(["--model-root", str(root), "--log-level", "warning"], env={"MME_MAX_FOLDER_FILES": "1000"})
+    response = httpx.post(process.url + "/models", json={"model_name": "good", "url": str(root / "good")})
+    assert response.status_code == 200, response.text
+    yield process
+    process.stop()
+
+
+def invoke_good(server: ServerProcess) -> list[float]:
+    response = httpx.post(server.url + "/models/good/invoke", content=ROW, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_contract_healthy(server: ServerProcess, before: list[float]) -> None:
+    assert server.proc.poll() is None, server.output()[-3000:]
+    assert httpx.get(server.url + "/ping").status_code == 200
+    assert invoke_good(server) == before
+
+
+def post_model(server: ServerProcess, name: str, url: str) -> httpx.Response:
+    return httpx.post(server.url + "/models", json={"model_name": name, "url": url}, timeout=60)
+
+
+def model_folder(root: Path, name: str, files: dict[str, bytes | Path]) -> Path:
+    """A folder under the root: bytes are written, a Path becomes a symlink to it."""
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    for rel, content in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            path.symlink_to(content)
+        else:
+            path.write_bytes(content)
+    return folder
+
+
+# --- 4: a failed load gives its memory back at once -----------------------------------------------
+def test_4_failed_loads_of_a_large_junk_model_free_their_memory(contract, root: Path) -> None:
+    before_prediction = invoke_good(contract)
+    folder = root / "junk300"
+    folder.mkdir()
+    with open(folder / "xgboost-model", "wb") as out:
+        out.truncate(300 * MiB)  # 300 MiB of zeros: not a model
+    before = rss(contract)
+    for _ in range(4):
+        response = post_model(contract, "junk300", str(folder))
+        assert 400 <= response.status_code < 500, response.text
+    # Bound: half the file. Each failed load read 300 MiB, which a reference cycle through the failure
+    # kept until the cyclic collector happened to run.
+    assert rss(contract) - before < 150 * MiB
+    assert_contract_healthy(contract, before_prediction)
+
+
+# --- 15 and 18: nothing outside the model root is opened, and nothing read is echoed -------------
+@pytest.mark.parametrize(
+    ("target", "depth"),
+    [
+        ("/etc/passwd", "xgboost-model"),
+        ("/proc/self/environ", "xgboost-model"),
+        ("/proc/self/pagemap", "xgboost-model"),
+        ("/etc/passwd", "code/inference.py"),
+    ],
+)
+def test_15_18_links_leading_outside_the_root_are_refused_unread(contract, root: Path, target, depth) -> None:
+    before_prediction = invoke_good(contract)
+    files: dict[str, bytes | Path] = {depth: Path(target)}
+    if depth != "xgboost-model":
+        files["xgboost-model"] = (root / "good" / "xgboost-model").read_bytes()
+    name = "link-" + target.strip("/").replace("/", "-") + "-" + depth.replace("/", "-")
+    folder = model_folder(root, name, files)
+    response = post_model(contract, name, str(folder))
+    assert response.status_code == 400, response.text
+    message = response.json()["message"]
+    assert "links outside the model root" in message
+    assert "root:" not in message and "starts with" not in message  # nothing of the file comes back
+    assert_contract_healthy(contract, before_prediction)
+
+
+def test_18_a_url_with_a_component_too_long_is_400(contract, root: Path) -> None:
+    before_prediction = invoke_good(contract)
+    response = post_model(contract, "long", str(root / ("a" * 300) / "model"))
+    assert response.status_code == 400, response.text
+    assert_contract_healthy(contract, before_prediction)
+
+
+# --- 17: the folder scan is bounded and never follows links --------------------------------------
+def test_17_a_folder_of_many_files_or_a_link_to_kcore_is_refused(contract, root: Path) -> None:
+    before_prediction = invoke_good(contract)
+    many = root / "many"
+    many.mkdir()
+    for i in range(1500):
+        (many / f"f{i}").touch()
+    response = post_model(contract, "many", str(many))
+    assert response.status_code == 400, response.text
+    assert "more than 1000 files" in response.json()["message"]
+    folder = model_folder(
+        root, "kcore", {"xgboost-model": (root / "good" / "xgboost-model").read_bytes(), "big": Path("/proc/kcore")}
+    )
+    response = post_model(contract, "kcore", str(folder))
+    assert response.status_code == 400, response.text
+    assert "links outside the model root" in response.json()["message"]
+    assert_contract_healthy(contract, before_prediction)
+
+
+# --- 19: one name, two urls -----------------------------------------------------------------------
+def test_19_concurrent_loads_of_one_name_from_two_urls_one_gets_409(contract, root: Path, make_model_dir) -> None:
+    before_prediction = invoke_good(contract)
+    urls = []
+    for seed in (5, 6):
+        folder = root / f"twin{seed}"
+        folder.mkdir()
+        (folder / "xgboost-model").write_bytes((make_model_dir(seed, rounds=400) / "xgboost-model").read_bytes())
+        urls.append(str(folder))
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post(contract.url + "/models", json={"model_name": "twin", "url": u}) for u in urls)
+            )
+
+    responses = asyncio.run(both())
+    assert sorted(r.status_code for r in responses) == [200, 409], [r.text for r in responses]
+    served = httpx.get(contract.url + "/models/twin").json()["modelUrl"]
+    winner = next(u for u, r in zip(urls, responses, strict=True) if r.status_code == 200)
+    assert served == winner
+    assert_contract_healthy(contract, before_prediction)
