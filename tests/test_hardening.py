@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import tarfile
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -235,7 +234,9 @@ def root(tmp_path_factory, make_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def contract(root: Path):
-    process = ServerProcess(["--model-root", str(root), "--log-level", "warning"], env={"MME_MAX_FOLDER_FILES": "1000"})
+    process = ServerProcess(
+        ["--model-root", str(root), "--log-level", "warning"], env={"MME_MAX_FOLDER_FILES": "1000"}
+    )
     response = httpx.post(process.url + "/models", json={"model_name": "good", "url": str(root / "good")})
     assert response.status_code == 200, response.text
     yield process
@@ -243,7 +244,9 @@ def contract(root: Path):
 
 
 def invoke_good(server: ServerProcess) -> list[float]:
-    response = httpx.post(server.url + "/models/good/invoke", content=ROW, headers={"Content-Type": "text/csv"})
+    response = httpx.post(
+        server.url + "/models/good/invoke", content=ROW, headers={"Content-Type": "text/csv"}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -332,7 +335,9 @@ def test_17_a_folder_of_many_files_or_a_link_to_kcore_is_refused(contract, root:
     assert response.status_code == 400, response.text
     assert "more than 1000 files" in response.json()["message"]
     folder = model_folder(
-        root, "kcore", {"xgboost-model": (root / "good" / "xgboost-model").read_bytes(), "big": Path("/proc/kcore")}
+        root,
+        "kcore",
+        {"xgboost-model": (root / "good" / "xgboost-model").read_bytes(), "big": Path("/proc/kcore")},
     )
     response = post_model(contract, "kcore", str(folder))
     assert response.status_code == 400, response.text
@@ -341,13 +346,17 @@ def test_17_a_folder_of_many_files_or_a_link_to_kcore_is_refused(contract, root:
 
 
 # --- 19: one name, two urls -----------------------------------------------------------------------
-def test_19_concurrent_loads_of_one_name_from_two_urls_one_gets_409(contract, root: Path, make_model_dir) -> None:
+def test_19_concurrent_loads_of_one_name_from_two_urls_one_gets_409(
+    contract, root: Path, make_model_dir
+) -> None:
     before_prediction = invoke_good(contract)
     urls = []
     for seed in (5, 6):
         folder = root / f"twin{seed}"
         folder.mkdir()
-        (folder / "xgboost-model").write_bytes((make_model_dir(seed, rounds=400) / "xgboost-model").read_bytes())
+        (folder / "xgboost-model").write_bytes(
+            (make_model_dir(seed, rounds=400) / "xgboost-model").read_bytes()
+        )
         urls.append(str(folder))
 
     async def both() -> list[httpx.Response]:
@@ -362,3 +371,198 @@ def test_19_concurrent_loads_of_one_name_from_two_urls_one_gets_409(contract, ro
     winner = next(u for u, r in zip(urls, responses, strict=True) if r.status_code == 200)
     assert served == winner
     assert_contract_healthy(contract, before_prediction)
+
+
+# --- artifacts in a source folder, for the local endpoint ---------------------------------------------
+def tar_gz(members: list[tuple[tarfile.TarInfo, bytes]], level: int = 1) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=level, format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def model_member(artifact: bytes) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(artifact)) as tar:
+        member = tar.extractfile("xgboost-model")
+        assert member is not None
+        return member.read()
+
+
+# --- 8: a huge tar header is refused before it is read --------------------------------------------
+@pytest.mark.parametrize("kind", ["pax", "gnu-long-name"])
+def test_8_huge_tar_headers_are_refused_unread(server, models: Path, expected, artifact_bytes, kind) -> None:
+    predict(server, "m0.tar.gz")
+    model = model_member(artifact_bytes(1))
+    if kind == "pax":
+        info = tarfile.TarInfo("xgboost-model")
+        info.pax_headers = {"comment": "a" * (64 * MiB)}
+        artifact = tar_gz([(info, model)])
+    else:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1, format=tarfile.GNU_FORMAT) as tar:
+            info = tarfile.TarInfo("d/" * (32 * MiB) + "xgboost-model")
+            info.size = len(model)
+            tar.addfile(info, io.BytesIO(model))
+        artifact = buffer.getvalue()
+    name = f"header-{kind}.tar.gz"
+    (models / name).write_bytes(artifact)
+    before = rss(server)
+    response = httpx.post(
+        server.url + "/invocations",
+        content=ROW,
+        headers={TARGET: name, "Content-Type": "text/csv"},
+        timeout=120,
+    )
+    assert response.status_code == 424, response.text
+    assert "extended header" in response.json()["OriginalMessage"]
+    # Bound: a quarter of the header (tarfile read it whole, and more).
+    assert rss(server) - before < 16 * MiB
+    assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
+
+
+# --- 10 and 11: under LRU, valid models wait for room, in memory and on disk ----------------------
+def hammer(
+    server: ServerProcess, names: list[str], clients: int = 64, rounds: int = 3
+) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+            async def one(i: int) -> httpx.Response:
+                name = names[i % len(names)]
+                return await client.post(
+                    server.url + "/invocations",
+                    content=ROW,
+                    headers={TARGET: name, "Content-Type": "text/csv"},
+                )
+
+            return await asyncio.gather(*(one(i) for i in range(clients * rounds)))
+
+    return asyncio.run(run())
+
+
+def assert_all_predicted(responses: list[httpx.Response], names: list[str], expected) -> None:
+    failures = sorted({(r.status_code, r.text[:120]) for r in responses if r.status_code != 200})
+    assert failures == []
+    for i, response in enumerate(responses):
+        assert response.json() == pytest.approx(expected[names[i % len(names)]], rel=1e-6)
+
+
+def test_10_lru_loads_wait_for_room_instead_of_507(models: Path, expected) -> None:
+    names = [f"m{seed}.tar.gz" for seed in range(16)]
+    # Room for the first-load estimate (256 KiB) and a few models, not for every load in flight.
+    server = ServerProcess(["--models", str(models), "--eviction", "lru", "--memory-budget", "400KiB"])
+    try:
+        assert_all_predicted(hammer(server, names), names, expected)
+        assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
+    finally:
+        server.stop()
+
+
+def test_11_disk_cache_never_evicts_a_folder_a_load_reads(tmp_path: Path, artifact_bytes) -> None:
+    source = tmp_path / "source11"
+    source.mkdir()
+    names = [f"d{seed}.tar.gz" for seed in range(48)]
+    for seed, name in enumerate(names):
+        (source / name).write_bytes(artifact_bytes(seed))
+    expected = {name: predict_artifact(artifact_bytes(seed), ROWS) for seed, name in enumerate(names)}
+    # Room on disk for two or three unpacked artifacts, while eight loads run at once.
+    server = ServerProcess(["--models", str(source), "--disk-budget", "30KiB", "--workers", "8"])
+    try:
+        assert_all_predicted(hammer(server, names, clients=48, rounds=1), names, expected)
+        assert_healthy(server, "d0.tar.gz", expected["d0.tar.gz"])
+    finally:
+        server.stop()
+
+
+# --- 12: slow loads never hold up version checks or warm calls ------------------------------------
+def test_12_warm_calls_do_not_wait_for_slow_hostile_loads(tmp_path: Path, artifact_bytes, expected) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "m0.tar.gz").write_bytes(artifact_bytes(0))
+    junk = tar_gz([(tarfile.TarInfo("xgboost-model"), b"\0" * (200 * MiB))])
+    for i in range(2):
+        (source / f"junk{i}.tar.gz").write_bytes(junk)
+    server = ServerProcess(["--models", str(source), "--workers", "2", "--revalidate-after", "0"])
+    try:
+        predict(server, "m0.tar.gz")
+        finished: list[str] = []
+
+        def hostile(i: int) -> None:
+            httpx.post(
+                server.url + "/invocations",
+                content=ROW,
+                headers={TARGET: f"junk{i}.tar.gz", "Content-Type": "text/csv"},
+                timeout=120,
+            )
+            finished.append(f"junk{i}")
+
+        threads = [threading.Thread(target=hostile, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # both loads have their pool threads
+        # The warm model's version check (every call, with --revalidate-after 0) has a pool of its own.
+        assert predict(server, "m0.tar.gz") == pytest.approx(expected["m0.tar.gz"], rel=1e-6)
+        assert finished == [], "the warm call was only answered after a hostile load ended"
+        for thread in threads:
+            thread.join()
+        assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
+    finally:
+        server.stop()
+
+
+# --- 13: out of disk space is the server's trouble, a retryable 503 --------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_13_disk_full_while_downloading_or_unpacking_is_503(
+    small_disk: Path, tmp_path: Path, artifact_bytes, expected
+) -> None:
+    source = tmp_path / "source13"
+    source.mkdir()
+    (source / "m0.tar.gz").write_bytes(artifact_bytes(0))
+    # 3 MiB that do not compress: the download alone fills the disk.
+    (source / "big-download.tar.gz").write_bytes(
+        tar_gz([(tarfile.TarInfo("xgboost-model"), os.urandom(3 * MiB))])
+    )
+    # A few KiB that unpack to 4 MiB: the download fits, the unpacked file does not.
+    (source / "big-unpacked.tar.gz").write_bytes(
+        tar_gz([(tarfile.TarInfo("xgboost-model"), b"\0" * (4 * MiB))])
+    )
+    cache = small_disk / "cache"
+    server = ServerProcess(["--models", str(source), "--cache-dir", str(cache)])
+    try:
+        predict(server, "m0.tar.gz")
+        for name in ("big-download.tar.gz", "big-unpacked.tar.gz"):
+            response = httpx.post(
+                server.url + "/invocations", content=ROW, headers={TARGET: name, "Content-Type": "text/csv"}
+            )
+            assert response.status_code == 503, response.text
+            assert response.headers["x-amzn-errortype"] == "ServiceUnavailable:"
+            assert "No space left on device" in response.json()["message"]
+        assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
+    finally:
+        server.stop()
+
+
+# --- 20: a TargetModel is UTF-8 ----------------------------------------------------------------------
+def test_20_a_utf8_target_model_is_found(models: Path, server, artifact_bytes, expected) -> None:
+    (models / "café.tar.gz").write_bytes(artifact_bytes(2))
+    response = httpx.post(
+        server.url + "/invocations",
+        content=ROW,
+        headers={TARGET: "café.tar.gz".encode(), "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == pytest.approx(expected["m2.tar.gz"], rel=1e-6)
+    assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])

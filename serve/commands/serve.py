@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
     import logging
     import signal
     from types import FrameType
@@ -40,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 self.should_exit = True
 
+        async def shutdown(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+            # Connections still in the listen backlog would be reset when the socket closes; a request
+            # sent just before SIGTERM is accepted (and answered) first.
+            await asyncio.sleep(ACCEPT_BACKLOG_S)
+            await super().shutdown(sockets)
+
     server = Server(
         uvicorn.Config(
             app,
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+# How long a drain keeps accepting before it closes the listening socket.
+ACCEPT_BACKLOG_S = 0.25
 # Descriptors beyond the connection cap: model files, the disk cache, S3 connections, logs.
 SPARE_FILES = 256
 
