@@ -9,6 +9,7 @@ shared machine and well below what the unbounded server took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
@@ -71,10 +72,8 @@ def read_all(sock: socket.socket) -> bytes:
 
 def send_quietly(sock: socket.socket, data: bytes) -> None:
     """Send what the server takes; it may close the connection before all of it is in."""
-    try:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(data)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
 
 
 @pytest.fixture(scope="module")
