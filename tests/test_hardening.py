@@ -423,7 +423,7 @@ def test_8_huge_tar_headers_are_refused_unread(server, models: Path, expected, a
 
 # --- 10 and 11: under LRU, valid models wait for room, in memory and on disk ----------------------
 def hammer(
-    server: ServerProcess, names: list[str], clients: int = 64, rounds: int = 3
+    server: ServerProcess, names: list[str], clients: int = 64, rounds: int = 2
 ) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=clients)
