@@ -565,3 +565,22 @@ def test_20_a_utf8_target_model_is_found(models: Path, server, artifact_bytes, e
     assert response.status_code == 200, response.text
     assert response.json() == pytest.approx(expected["m2.tar.gz"], rel=1e-6)
     assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
+
+
+# --- every bound has a flag and an environment variable ----------------------------------------------
+def test_limits_come_from_flags_over_the_environment() -> None:
+    import argparse
+
+    from serve import config
+    from serve.errors import CommandError
+
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    env = {"MME_MAX_HEADER_BYTES": "8KiB", "MME_BODY_TIMEOUT": "3", "MME_MAX_CONNECTIONS": "50"}
+    resolved = config.from_args(parser.parse_args(["--max-connections", "7", "--max-unpacked", "2MiB"]), env)
+    assert (resolved.max_header_bytes, resolved.body_timeout) == (8192, 3.0)
+    assert (resolved.max_connections, resolved.max_unpacked) == (7, 2 * MiB)
+    defaults = config.from_args(parser.parse_args([]), {})
+    assert (defaults.header_timeout, defaults.keep_alive, defaults.drain_timeout) == (10.0, 5.0, 20.0)
+    with pytest.raises(CommandError, match="MME_HEADER_TIMEOUT='0'"):
+        config.from_args(parser.parse_args([]), {"MME_HEADER_TIMEOUT": "0"})
