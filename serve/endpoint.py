@@ -89,7 +89,11 @@ class LocalEndpoint:
             with self.disk.use(name) as (folder, version):
                 fetched = time.monotonic() - started
                 model = load_model(
-                    folder, allow_pickle=config.allow_pickle, allow_user_code=config.allow_user_code
+                    folder,
+                    allow_pickle=config.allow_pickle,
+                    allow_user_code=config.allow_user_code,
+                    limits=config.model_limits,
+                    ensemble=config.ensemble,
                 )
             return Loaded(model, model.size_bytes, version, fetch_seconds=fetched)
 
