@@ -2,8 +2,9 @@
 
 Each of sagemaker-inference-toolkit's four functions has a default (model_fn, input_fn and predict_fn in
 handler/xgboost.py; output_fn is handler/outputs.respond, which also answers selectable inference
-content) unless the model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
-the toolkit does: a parameter named `context`, or one positional parameter more than the usual signature.
+content) unless the model's code/inference.py defines it. Whether a function takes `context` is decided
+once, at load time, as the toolkit does: a parameter named `context`, or one positional parameter more
+than the usual signature.
 """
 
 from __future__ import annotations
