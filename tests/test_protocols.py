@@ -262,7 +262,8 @@ def test_distinct_huge_content_type_and_accept_headers_are_not_retained(start_se
     from handler.codecs import MEMO_MAX_CHARS
 
     booster = train_booster(2)
-    server = single_model(start_server, tmp_path, booster)
+    # Headers this large need the header bound raised: the memo must hold even then.
+    server = single_model(start_server, tmp_path, booster, MME_MAX_HEADER_BYTES="4MiB")
     process = psutil.Process(server.proc.pid)
     row = ",".join(map(repr, ROWS[0].tolist()))
     padding = "x" * (1 << 20)
