@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where benchmarks.md/.png go (default docs/, or bench/.work/quick/ with --quick)",
     )
     args = parser.parse_args(argv)
-    out: Path = args.out or (QUICK_OUT if args.quick else DOCS)
+    out = report_folder(args.out, quick=args.quick)
     scale = workloads.QUICK if args.quick else workloads.FULL
     started = time.monotonic()
     load_at_start = machine.load_average()
@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(out / "benchmarks.md", description, rows, checks, limits, "benchmarks.png")
     print(f"bench: wrote {out / 'benchmarks.md'} and benchmarks.png in {time.monotonic() - started:.0f} s")
     return verdict(checks, quick=args.quick)
+
+
+def report_folder(out: Path | None, *, quick: bool) -> Path:
+    """docs/ holds the record of full runs; a quick run's smaller scale must never overwrite it."""
+    return out or (QUICK_OUT if quick else DOCS)
 
 
 def verdict(checks: list[Target], *, quick: bool) -> int:
