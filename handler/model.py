@@ -22,6 +22,7 @@ import xgboost as xgb
 from handler import codecs, treewalk, user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
+from handler.forest import Forest, ModelLimits
 
 # A user's input_fn/output_fn expect a concrete media type where the request named none, as with the toolkit.
 DEFAULT_CONTENT_TYPE = "text/csv"
@@ -90,25 +91,38 @@ class LoadedModel:
             self._predict.reserve = reserve
 
 
-def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: bool = False) -> LoadedModel:
+def load_model(
+    model_dir: Path,
+    *,
+    allow_pickle: bool = False,
+    allow_user_code: bool = False,
+    limits: ModelLimits = defaults.DEFAULT_LIMITS,
+    ensemble: bool = True,
+) -> LoadedModel:
     """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist")
     user = user_code.load_user_functions(model_dir, allowed=allow_user_code)
+    forest = None
     if "model_fn" in user:
         model = _user_model(user["model_fn"], model_dir)
     else:
-        model = defaults.model_fn(model_dir, allow_pickle=allow_pickle)
+        forests = defaults.read_forests(
+            model_dir, allow_pickle=allow_pickle, limits=limits, ensemble=ensemble
+        )
+        raws = [defaults.to_ubjson(one) for one in forests]
+        boosters = [defaults.booster_from_ubjson(raw) for raw in raws]
+        model = boosters[0] if len(boosters) == 1 else boosters
+        forest = forests[0] if len(forests) == 1 else None
 
-    if isinstance(model, xgb.Booster):
-        # The server runs requests in parallel; a Booster using every core per request would oversubscribe.
-        model.set_param({"nthread": 1})
-        n_features = model.num_features()
+    if isinstance(model, xgb.Booster) or "model_fn" not in user:
+        n_features = (model if isinstance(model, xgb.Booster) else model[0]).num_features()
         if "model_fn" in user:  # a Booster from the user's own code: only the Booster can say its size
+            model.set_param({"nthread": 1})
             ubjson_size = _on_a_short_lived_thread(lambda: len(model.save_raw("ubj")))
         else:
-            ubjson_size = defaults.ubjson_size(defaults.artifact_path(model_dir))
+            ubjson_size = sum(len(raw) for raw in raws)
         size_bytes = defaults.size_bytes(ubjson_size)
         if "predict_fn" not in user:
             size_bytes += treewalk.estimated_nbytes(ubjson_size)  # counted now: the walker may come later
@@ -129,7 +143,9 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, allow_user_code: 
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
     elif isinstance(model, xgb.Booster):
-        predict_step = walking = WalkingPredict(model, n_features)
+        predict_step = walking = WalkingPredict(model, forest, n_features)
+    elif isinstance(model, list):  # an ensemble: AWS's image's mean or vote, with no walker
+        predict_step = _ensemble_step(forests, boosters)
     else:
         predict_step = _plain_predict
     if "output_fn" in user:
@@ -152,6 +168,17 @@ def _on_a_short_lived_thread(work: Callable[[], Any]) -> Any:
         return scratch.submit(work).result()
 
 
+def _ensemble_step(forests: list[Forest], boosters: list[xgb.Booster]) -> Step:
+    objective = forests[0].objective
+
+    def predict(data: Any, model: Any, context: Context) -> np.ndarray:
+        return defaults.combine_ensemble(
+            [defaults.predict_fn(data, booster) for booster in boosters], objective
+        )
+
+    return predict
+
+
 def _plain_predict(data: Any, model: Any, context: Context) -> Any:
     return defaults.predict_fn(data, model)
 
@@ -168,11 +195,12 @@ class WalkingPredict:
 
     WARM_AFTER = 2
     HOT_AFTER = 256
-    __slots__ = ("_booster", "_width", "_calls", "_due", "_walker", "_walk", "_walk_row", "walker_built",
-                 "code_built", "reserve")  # fmt: skip
+    __slots__ = ("_booster", "_forest", "_width", "_calls", "_due", "_walker", "_walk", "_walk_row",
+                 "walker_built", "code_built", "reserve")  # fmt: skip
 
-    def __init__(self, booster: xgb.Booster, width: int) -> None:
+    def __init__(self, booster: xgb.Booster, forest: Forest | None, width: int) -> None:
         self._booster = booster
+        self._forest = forest  # None for a user's model_fn Booster: the walk is built from XGBoost's dump
         self._width = width  # the model's feature count
         self._calls = 0
         self._due = self.WARM_AFTER  # the call count at which the next build starts
@@ -206,7 +234,9 @@ class WalkingPredict:
     def _build(self) -> None:
         if self._walker is None:
             try:
-                self._walker = treewalk.TreeWalker.compile(self._booster)
+                forest = self._forest or defaults.forest_of(self._booster)
+                self._forest = None  # the walker holds what it needs; the rest is given back
+                self._walker = treewalk.TreeWalker.compile(forest, self._booster.inplace_predict)
                 if self._walker is not None:
                     self._walk = self._walker.predict
                     self._due = self.HOT_AFTER
@@ -214,7 +244,7 @@ class WalkingPredict:
                 self.walker_built.set()
             return
         try:
-            code = self._walker.to_code(self._booster)
+            code = self._walker.to_code(self._booster.inplace_predict)
             if code is not None and (self.reserve is None or self.reserve(code.nbytes)):
                 self._walk = code.predict
                 self._walk_row = code.predict_row

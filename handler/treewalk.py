@@ -15,10 +15,11 @@ predictions differ from XGBoost's by a single bit, is left to XGBoost.
 from __future__ import annotations
 
 import array
-import re
+from collections.abc import Callable
 
 import numpy as np
-import xgboost as xgb
+
+from handler.forest import Forest
 
 # Objectives whose prediction is the raw margin: base_score plus the leaves, no transform.
 IDENTITY_OBJECTIVES = {
@@ -39,23 +40,8 @@ CODE_NBYTES_PER_NODE = 128
 # Python's parser refuses code nested 100 deep; a deeper tree keeps the array walk.
 _MAX_CODE_DEPTH = 60
 _ONE_ZERO = bytes(4)
-# The per-tree arrays the walk needs, in the order _from_json unpacks them.
-_TREE_KEYS = (b"left_children", b"right_children", b"split_indices", b"split_conditions", b"default_left",
-              b"split_type")  # fmt: skip
-
-
-def _field(raw: bytes, key: bytes) -> str | None:
-    """A string field ("base_score":"[1.0E4]") or an object's name ("objective":{"name":"..."})."""
-    match = re.search(rb'"' + key + rb'":(?:\{"name":)?"([^"]*)"', raw)
-    return match.group(1).decode() if match else None
-
-
-def _column(raw: bytes, key: bytes) -> tuple[np.ndarray, list[int]]:
-    """Every tree's numeric list under `key`, concatenated in tree order, and each tree's length."""
-    found = re.findall(rb'"' + key + rb'":\[([^\]]*)\]', raw)
-    lengths = [text.count(b",") + 1 if text else 0 for text in found]
-    joined = b",".join(text for text in found if text).decode()
-    return np.fromstring(joined, dtype=np.float64, sep=",") if joined else np.zeros(0), lengths
+# The model's own batch prediction (XGBoost), which a walk must equal bit for bit.
+Reference = Callable[[np.ndarray], np.ndarray]
 
 
 def estimated_nbytes(ubjson_size: int) -> int:
@@ -66,10 +52,23 @@ def estimated_nbytes(ubjson_size: int) -> int:
 class TreeWalker:
     """Flat arrays of every node of every tree; a leaf's feature is -1 and its threshold is its value."""
 
-    __slots__ = ("_base", "_roots", "_feature", "_threshold", "_left", "_right", "_missing", "nbytes")
+    __slots__ = (
+        "_base",
+        "_width",
+        "_roots",
+        "_feature",
+        "_threshold",
+        "_left",
+        "_right",
+        "_missing",
+        "nbytes",
+    )
 
-    def __init__(self, base: float, roots: array.array, feature, threshold, left, right, missing) -> None:
+    def __init__(
+        self, base: float, width: int, roots: array.array, feature, threshold, left, right, missing
+    ) -> None:
         self._base = base
+        self._width = width
         self._roots = roots
         self._feature = feature
         self._threshold = threshold
@@ -80,53 +79,46 @@ class TreeWalker:
         self.nbytes = sum(a.itemsize * len(a) for a in (*arrays, roots))
 
     @classmethod
-    def compile(cls, booster: xgb.Booster) -> TreeWalker | None:
-        """A walker that predicts exactly what `booster` does, or None where it cannot promise that."""
-        walker = cls._from_json(bytes(booster.save_raw("json")))
-        if walker is None or not walker._agrees_with(booster):
+    def compile(cls, forest: Forest, reference: Reference) -> TreeWalker | None:
+        """A walker that predicts exactly what `reference` (the model's batch prediction) does, or None
+        where it cannot promise that."""
+        walker = cls.from_forest(forest)
+        if walker is None or not walker._agrees_with(reference):
             return None
         return walker
 
     @classmethod
-    def _from_json(cls, raw: bytes) -> TreeWalker | None:
-        # Read with regular expressions and numpy rather than a JSON parser: parsing builds a Python object
-        # per number, and the few long-lived objects made meanwhile would pin the allocator's arenas, so
-        # memory would not go back to the system when models are unloaded. Whatever this misreads, the
-        # check against XGBoost's own predictions catches.
-        header = {key: _field(raw, key) for key in (b"objective", b"base_score", b"num_class", b"num_target")}
-        if not re.search(rb'"name":"gbtree"\},"learner_model_param"', raw):
+    def from_forest(cls, forest: Forest) -> TreeWalker | None:
+        """The walker of a validated forest, or None if the walk would not reproduce XGBoost's sum."""
+        if (
+            forest.booster != "gbtree"
+            or forest.objective not in IDENTITY_OBJECTIVES
+            or forest.num_groups != 1
+        ):
             return None
-        if header[b"objective"] not in IDENTITY_OBJECTIVES or header[b"num_class"] not in (None, "0", "1"):
+        if not forest.trees or any(len(tree.categorical_nodes) for tree in forest.trees):
             return None
-        base = (header[b"base_score"] or "").strip("[]")
-        if header[b"num_target"] not in (None, "1") or not base or "," in base:
-            return None
-        if re.search(rb'"categories_nodes":\[[^\]]', raw) or re.search(rb'"size_leaf_vector":"(?!1")', raw):
-            return None
-        columns = {key: _column(raw, key) for key in _TREE_KEYS}
-        lengths = columns[b"left_children"][1]
-        if not lengths or any(found[1] != lengths for found in columns.values()):
-            return None
-        lo, hi, index, condition, default_left, split_type = (columns[key][0] for key in _TREE_KEYS)
-        if split_type.any():  # a categorical split
-            return None
+        lengths = [tree.num_nodes for tree in forest.trees]
         starts = np.cumsum([0, *lengths[:-1]], dtype=np.int64)
         offset = np.repeat(starts, lengths)
+        lo = np.concatenate([tree.left for tree in forest.trees]).astype(np.int64)
+        hi = np.concatenate([tree.right for tree in forest.trees]).astype(np.int64)
         leaf = lo == -1
-        lo, hi = lo.astype(np.int64), hi.astype(np.int64)
+        default_left = np.concatenate([tree.default_left for tree in forest.trees]) != 0
 
         def ints(values: np.ndarray) -> array.array:
             # array.array indexes to plain Python numbers, several times faster per access than numpy's.
             return array.array("i", values.astype(np.int32).tobytes())
 
         return cls(
-            float(np.float32(float(base))),
+            float(forest.base_score[0]),
+            forest.num_feature,
             ints(starts),
-            ints(np.where(leaf, -1, index)),
-            array.array("f", condition.astype(np.float32).tobytes()),
+            ints(np.where(leaf, -1, np.concatenate([tree.feature for tree in forest.trees]))),
+            array.array("f", np.concatenate([tree.threshold for tree in forest.trees]).tobytes()),
             ints(np.where(leaf, 0, lo + offset)),
             ints(np.where(leaf, 0, hi + offset)),
-            ints(np.where(leaf, 0, np.where(default_left != 0, lo, hi) + offset)),
+            ints(np.where(leaf, 0, np.where(default_left, lo, hi) + offset)),
         )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
@@ -162,7 +154,7 @@ class TreeWalker:
     def nodes(self) -> int:
         return len(self._feature)
 
-    def to_code(self, booster: xgb.Booster) -> TreeCode | None:
+    def to_code(self, reference: Reference) -> TreeCode | None:
         """The same trees as one generated function, or None (a tree too deep, a disagreement)."""
         lines = ["def walk(x, out, i):", f"    out[i] = {self._base!r}"]
 
@@ -191,12 +183,12 @@ class TreeWalker:
         exec(compile("\n".join(lines), "<tree code>", "exec"), scope)  # noqa: S102 - our own generated code
         # Popped, not read: a function left in its own globals is a cycle only the cyclic GC frees.
         code = TreeCode(scope.pop("walk"), CODE_NBYTES_PER_NODE * self.nodes)  # type: ignore[arg-type]
-        return code if self._agrees_with(booster, code.predict) else None
+        return code if self._agrees_with(reference, code.predict) else None
 
-    def _agrees_with(self, booster: xgb.Booster, predict=None) -> bool:
+    def _agrees_with(self, reference: Reference, predict=None) -> bool:
         """Bit-for-bit equal to XGBoost on rows that reach every side of the thresholds, NaN included."""
         predict = predict or self.predict
-        n_features = booster.num_features()
+        n_features = self._width
         rng = np.random.default_rng(0)
         thresholds = np.frombuffer(self._threshold, dtype=np.float32)
         splits = thresholds[np.frombuffer(self._feature, dtype=np.int32) >= 0]
@@ -205,7 +197,7 @@ class TreeWalker:
         rows += rng.choice(np.array([-1e-3, 0, 1e-3], dtype=np.float32), size=rows.shape) * np.abs(rows)
         rows[rng.random(rows.shape) < 0.1] = np.nan
         ours = np.concatenate([predict(rows[i : i + MAX_ROWS]) for i in range(0, _CHECK_ROWS, MAX_ROWS)])
-        return bool(np.array_equal(ours, booster.inplace_predict(rows)))
+        return bool(np.array_equal(ours, reference(rows)))
 
 
 class TreeCode:

@@ -5,62 +5,107 @@ A model folder's own `code/inference.py` may replace any of them (see handler/us
 
 from __future__ import annotations
 
-import io
-import os
-import pickle
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import xgboost as xgb
 
-from handler import codecs
+from handler import codecs, formats
 from handler.errors import BadRequest, ModelLoadError
+from handler.forest import Forest, ModelLimits, check_rows, leaf_indices  # noqa: F401 - check_rows for convert
+from handler.formats import ubjson
+from handler.formats.document import document_from_forest
+
+DEFAULT_LIMITS = ModelLimits()
 
 ARTIFACT_NAME = "xgboost-model"  # what SageMaker's XGBoost training writes
 ARTIFACT_SUFFIXES = (".json", ".ubj", ".bst", ".model")
 
-PICKLE_OPT_IN = "--allow-pickle (MME_ALLOW_PICKLE=true)"
+_FOLD = re.compile(r"xgboost-model-\d+")  # the k-fold outputs of SageMaker's 1.2-2 and later images
+# Objectives whose ensemble answer is a vote, not a mean (AWS's image's rule).
+VOTING_OBJECTIVES = ("multi:softmax", "binary:hinge")
 
 _XGBOOST_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
-# What a pickled Booster references, in every protocol SageMaker's XGBoost 0.90/1.0 images wrote (2 and up).
-_PICKLE_GLOBALS = {
-    ("xgboost.core", "Booster"),
-    ("builtins", "bytearray"),
-    ("__builtin__", "bytearray"),
-    ("_codecs", "encode"),
-}
+
+def model_fn(model_dir: Path, **options: Any) -> xgb.Booster | list[xgb.Booster]:
+    """The Booster in model_dir (`xgboost-model`, or its one *.json / *.ubj / *.bst / *.model file), or the
+    list of an ensemble's Boosters (k-fold `xgboost-model-N` files), as AWS's image's model_fn returns."""
+    boosters = [booster_from_ubjson(to_ubjson(forest)) for forest in read_forests(model_dir, **options)]
+    return boosters[0] if len(boosters) == 1 else boosters
 
 
-def model_fn(model_dir: Path, *, allow_pickle: bool = False) -> xgb.Booster:
-    """The Booster in model_dir: `xgboost-model`, or its one *.json / *.ubj / *.bst / *.model file."""
-    path = artifact_path(model_dir)
-    return booster_from_bytes(path.read_bytes(), allow_pickle=allow_pickle, source=path.name)
-
-
-def artifact_path(model_dir: Path) -> Path:
+def read_forests(
+    model_dir: Path,
+    *,
+    allow_pickle: bool = False,
+    limits: ModelLimits = DEFAULT_LIMITS,
+    ensemble: bool = True,
+) -> list[Forest]:
+    """The validated model(s) in model_dir, read by the project's own readers (handler/formats)."""
     try:
         names = [entry.name for entry in model_dir.iterdir() if entry.is_file()]
     except OSError as exc:
         raise ModelLoadError(f"cannot read model folder {model_dir}: {exc.strerror}") from None
-    return model_dir / find_artifact(names, f"model folder {model_dir.name!r}")
+    chosen = find_artifacts(names, f"model folder {model_dir.name!r}", ensemble=ensemble)
+    return [read_forest(model_dir / name, allow_pickle=allow_pickle, limits=limits) for name in chosen]
 
 
-def ubjson_size(path: Path) -> int:
-    """The UBJSON size of the model in the artifact file `path`, from the file alone.
+def read_forest(path: Path, *, allow_pickle: bool = False, limits: ModelLimits = DEFAULT_LIMITS) -> Forest:
+    """The validated model in the file `path`."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limits.max_model_bytes + 1)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc.strerror}") from None
+    if len(data) > limits.max_model_bytes:
+        raise ModelLoadError(f"{path.name} is larger than {limits.max_model_bytes} bytes (--max-model-bytes)")
+    return formats.read(data, path.name, limits, allow_pickle=allow_pickle)
 
-    Exact for UBJSON files; XGBoost's JSON of the same model is 0.93-1.37x its UBJSON (measured), so a
-    JSON file is taken at its size / 1.15. Asking the Booster instead (save_raw) would cost a thread of
-    its own per load (see handler.model) for a number the size formula rounds anyway.
-    """
-    with path.open("rb") as file:
-        head = file.read(2)
-        size = os.fstat(file.fileno()).st_size
-    is_json = head[:1] == b"{" and head[1:2] in (b'"', b" ", b"\n", b"\r", b"\t")
-    return int(size / 1.15) if is_json else size
+
+def to_ubjson(forest: Forest) -> bytes:
+    """The model as UBJSON in XGBoost's schema: what XGBoost loads, and what `mme convert` writes."""
+    return ubjson.dumps(document_from_forest(forest))
+
+
+def verify_ubjson(forest: Forest, raw: bytes, rows: np.ndarray) -> None:
+    """ValueError unless XGBoost, loading `raw` on its own, walks `rows` to the leaves the project's own
+    reference walk finds in `forest` (gbtree/dart), or holds its weights (gblinear)."""
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    if forest.booster == "gblinear":
+        weights = orjson.loads(bytes(booster.save_raw("json")))["learner"]["gradient_booster"]["model"][
+            "weights"
+        ]
+        if not np.array_equal(np.float32(weights), forest.linear_weights):
+            raise ValueError("the linear weights differ")
+        return
+    theirs = booster.predict(xgb.DMatrix(rows, missing=np.nan), pred_leaf=True).reshape(len(rows), -1)
+    if not np.array_equal(theirs, leaf_indices(forest, rows)):
+        raise ValueError("XGBoost walks some rows to other leaves than the model as read")
+
+
+def forest_of(booster: xgb.Booster) -> Forest:
+    """The Forest of a Booster made by other code (a user's model_fn), read back from its UBJSON."""
+    return formats.read(bytes(booster.save_raw("ubj")), "model_fn's Booster", DEFAULT_LIMITS)
+
+
+def booster_from_ubjson(raw: bytes) -> xgb.Booster:
+    """XGBoost's Booster of to_ubjson's output (so native code only ever sees validated models)."""
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(raw))
+    except xgb.core.XGBoostError as exc:
+        raise ModelLoadError(
+            f"XGBoost {xgb.__version__} cannot load this model: {_first_line(exc)}"
+        ) from None
+    # The server runs requests in parallel; a Booster using every core per request would oversubscribe.
+    booster.set_param({"nthread": 1})
+    return booster
 
 
 def input_fn(input_data: bytes, content_type: str | None, n_features: int | None = None) -> np.ndarray:
@@ -68,19 +113,62 @@ def input_fn(input_data: bytes, content_type: str | None, n_features: int | None
     return codecs.decode(input_data, content_type, n_features)
 
 
-def predict_fn(data: Any, model: xgb.Booster) -> np.ndarray:
+def predict_fn(data: Any, model: xgb.Booster | list[xgb.Booster]) -> np.ndarray:
     # One small function on purpose: the call a leaner C-API predictor would replace. A DMatrix is what AWS's
     # container's input_fn returns, so users' own input_fn may too.
+    if isinstance(model, list):
+        return combine_ensemble([predict_fn(data, booster) for booster in model], _objective(model[0]))
     try:
         if isinstance(data, xgb.DMatrix):
             return model.predict(data)
+        if _is_linear(model):  # XGBoost has no in-place prediction for gblinear
+            return model.predict(xgb.DMatrix(data, missing=np.nan))
         return model.inplace_predict(data)
     except xgb.core.XGBoostError as exc:
         raise BadRequest(f"XGBoost cannot predict on this input: {_first_line(exc)}") from None
 
 
+def combine_ensemble(answers: list[np.ndarray], objective: str) -> np.ndarray:
+    """What AWS's image answers for several model files: the members' mean, or for class-valued objectives
+    (multi:softmax, binary:hinge) their vote, the most common answer and the smallest of a tie."""
+    stacked = np.stack(answers)
+    if objective not in VOTING_OBJECTIVES:
+        return np.mean(stacked, axis=0)
+    values, index = np.unique(stacked, return_inverse=True)
+    index = index.reshape(stacked.shape)
+    counts = np.stack([(index == k).sum(axis=0) for k in range(len(values))])
+    return values[np.argmax(counts, axis=0)].astype(stacked.dtype)
+
+
+def _is_linear(booster: xgb.Booster) -> bool:
+    # Asked once per Booster and kept on it: save_config costs as much as a small prediction.
+    linear = getattr(booster, "_mme_linear", None)
+    if linear is None:
+        linear = booster._mme_linear = (
+            orjson.loads(booster.save_config())["learner"]["gradient_booster"]["name"] == "gblinear"
+        )
+    return linear
+
+
+def _objective(booster: xgb.Booster) -> str:
+    return orjson.loads(booster.save_config())["learner"]["objective"]["name"]
+
+
 def output_fn(prediction: np.ndarray, accept: str | None) -> tuple[bytes, str]:
     return codecs.encode(prediction, accept)
+
+
+def find_artifacts(names: Iterable[str], where: str, *, ensemble: bool) -> list[str]:
+    """The model files of a folder: `xgboost-model`; else k-fold `xgboost-model-N` files, or several
+    *.json/*.ubj/... files, served together when ensemble (SAGEMAKER_INFERENCE_ENSEMBLE) is on, as AWS's
+    image does, and only the first (by name) when it is off."""
+    names = sorted(names)
+    folds = sorted((n for n in names if _FOLD.fullmatch(n)), key=lambda n: int(n.rsplit("-", 1)[1]))
+    candidates = [n for n in names if n.lower().endswith(ARTIFACT_SUFFIXES)]
+    if ARTIFACT_NAME not in names and (folds or len(candidates) > 1):
+        members = folds or candidates
+        return members if ensemble else members[:1]
+    return [find_artifact(names, where)]
 
 
 def find_artifact(names: Iterable[str], where: str) -> str:
@@ -100,41 +188,6 @@ def find_artifact(names: Iterable[str], where: str) -> str:
     raise ModelLoadError(f"{where} holds no model file; want {wanted}{found}")
 
 
-def booster_from_bytes(data: bytes, *, allow_pickle: bool, source: str) -> xgb.Booster:
-    """A Booster from an artifact's bytes, whichever of XGBoost's formats (or a pickle) they are in."""
-    if not data:
-        raise ModelLoadError(f"{source} is empty")
-    if data[:1] == b"\x80":  # the PROTO opcode every pickle of protocol 2+ starts with
-        if not allow_pickle:
-            raise ModelLoadError(
-                f"{source} is a pickled Booster (as SageMaker XGBoost 0.90/1.0 images wrote); unpickling can "
-                f"run code, so it needs {PICKLE_OPT_IN}, or re-save it once as UBJSON with `mme convert`"
-            )
-        return _unpickle(data, source)
-    booster = xgb.Booster()
-    try:
-        # load_model takes the raw bytes of JSON and UBJSON alike (and legacy binary before XGBoost 3.1).
-        booster.load_model(bytearray(data))
-    except xgb.core.XGBoostError as exc:
-        if data[:1] == b"{":  # both JSON and UBJSON documents open with an object
-            raise ModelLoadError(f"{source} is a corrupt XGBoost model: {_first_line(exc)}") from None
-        raise ModelLoadError(
-            f"{source} is not an XGBoost JSON or UBJSON model (it starts with {data[:8]!r}); if it is the "
-            f"legacy binary format, XGBoost {xgb.__version__} cannot read it (support ended in 3.1): re-save "
-            "it as UBJSON with xgboost<3.1"
-        ) from None
-    return booster
-
-
-def format_name(data: bytes) -> str:
-    """A human name for an artifact's format, for messages."""
-    if data[:1] == b"\x80":
-        return "pickle"
-    if data[:1] == b"{":
-        return "JSON" if data[1:2] in (b'"', b"}", b" ", b"\n", b"\r", b"\t") else "UBJSON"
-    return "legacy binary"
-
-
 def size_bytes(ubjson_size: int) -> int:
     """Estimated resident memory of a loaded Booster whose UBJSON serialisation takes ubjson_size bytes.
 
@@ -143,31 +196,6 @@ def size_bytes(ubjson_size: int) -> int:
     rounder 3 KiB + 1.25 x errs towards overestimating (-11%..+29%), which is safer for a memory budget.
     """
     return 3 * 1024 + int(1.25 * ubjson_size)
-
-
-def _unpickle(data: bytes, source: str) -> xgb.Booster:
-    try:
-        booster = _BoosterUnpickler(io.BytesIO(data)).load()
-    except xgb.core.XGBoostError as exc:
-        raise ModelLoadError(
-            f"{source} is a pickled Booster that XGBoost {xgb.__version__} cannot read ({_first_line(exc)}); "
-            "pickles written before XGBoost 1.6 (SageMaker's 0.90/1.0 images among them) hold the legacy "
-            "binary format, which only xgboost<3.1 reads: run `mme convert` where xgboost<3.1 is installed"
-        ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise ModelLoadError(f"{source} is not a readable Booster pickle: {exc}") from None
-    if not isinstance(booster, xgb.Booster):
-        raise ModelLoadError(f"{source} unpickles to {type(booster).__name__}, not an xgboost Booster")
-    return booster
-
-
-class _BoosterUnpickler(pickle.Unpickler):
-    """Resolves only what a pickled Booster needs, so an opted-in pickle still cannot name os.system & co."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"it references {module}.{name}; only pickled Boosters are loaded")
-        return super().find_class(module, name)
 
 
 def _first_line(exc: Exception) -> str:

@@ -304,7 +304,11 @@ class App:
 
         def loader() -> Loaded:
             model = load_model(
-                folder, allow_pickle=config.allow_pickle, allow_user_code=config.allow_user_code
+                folder,
+                allow_pickle=config.allow_pickle,
+                allow_user_code=config.allow_user_code,
+                limits=config.model_limits,
+                ensemble=config.ensemble,
             )
             return Loaded(model, model.size_bytes)
 

@@ -10,11 +10,12 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
+from handler.forest import ModelLimits
 from serve.errors import CommandError
 
 MiB = 1024**2
@@ -80,9 +81,15 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "info"
     metrics_top_models: int = 20
+    model_limits: ModelLimits = field(default_factory=ModelLimits)
+    ensemble: bool = True  # several model files in one artifact are averaged (or voted), as AWS's image does
 
     def describe(self) -> dict[str, object]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        plain = {k: v for k, v in self.__dict__.items() if k != "model_limits"}
+        return {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in plain.items()},
+            **asdict(self.model_limits),
+        }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,7 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-models", type=int, help="at most this many resident models (env MME_MAX_MODELS)")
     add("--eviction", choices=["lru", "reject"], help="when full: evict LRU models, or answer 507")
     add("--max-body", help="largest request body, e.g. 6MiB (env MME_MAX_BODY)")
-    add("--allow-pickle", action="store_true", default=None, help="load pickled Boosters (runs code)")
+    add(
+        "--allow-pickle",
+        action="store_true",
+        default=None,
+        help="also load pickled scikit-learn wrappers (XGBRegressor & co.); Booster pickles load without it, "
+        "and no pickle ever runs code (env MME_ALLOW_PICKLE)",
+    )
     add("--allow-user-code", action="store_true", default=None, help="run an artifact's code/inference.py")
     add("--models", help="model source: a folder or s3://bucket/prefix/ (env MME_MODELS)")
     add(
@@ -121,6 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--preload", help="NAME,NAME,... or @file of names to load before /ping turns green")
     add("--log-format", choices=["text", "json"], help="access and event log format (env MME_LOG_FORMAT)")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="(env MME_LOG_LEVEL)")
+    add("--max-trees", type=int, help="trees a model may hold (env MME_MAX_TREES; 100000)")
+    add("--max-nodes", type=int, help="tree nodes a model may hold in all (env MME_MAX_NODES; 20000000)")
+    add("--max-features", type=int, help="num_feature a model may declare (env MME_MAX_FEATURES; 1000000)")
+    add("--max-model-bytes", help="size of a model file, e.g. 1GiB (env MME_MAX_MODEL_BYTES)")
     add(
         "--metrics-top-models",
         type=int,
@@ -223,6 +240,17 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         log_format=pick("log_format", "MME_LOG_FORMAT") or "text",
         log_level=pick("log_level", "MME_LOG_LEVEL") or "info",
         metrics_top_models=convert("metrics_top_models", ("MME_METRICS_TOP_MODELS",), positive_int, 20),
+        model_limits=ModelLimits(
+            max_trees=convert("max_trees", ("MME_MAX_TREES",), positive_int, ModelLimits.max_trees),
+            max_nodes=convert("max_nodes", ("MME_MAX_NODES",), positive_int, ModelLimits.max_nodes),
+            max_features=convert(
+                "max_features", ("MME_MAX_FEATURES",), positive_int, ModelLimits.max_features
+            ),
+            max_model_bytes=convert(
+                "max_model_bytes", ("MME_MAX_MODEL_BYTES",), parse_bytes, ModelLimits.max_model_bytes
+            ),
+        ),
+        ensemble=env.get("SAGEMAKER_INFERENCE_ENSEMBLE", "true").strip().lower() != "false",
     )
     if config.eviction not in {"lru", "reject"}:
         raise CommandError(f"MME_EVICTION={config.eviction!r}: must be lru or reject")

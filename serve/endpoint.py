@@ -86,7 +86,11 @@ class LocalEndpoint:
             folder, version = self.disk.materialize(name)
             fetched = time.monotonic() - started
             model = load_model(
-                folder, allow_pickle=config.allow_pickle, allow_user_code=config.allow_user_code
+                folder,
+                allow_pickle=config.allow_pickle,
+                allow_user_code=config.allow_user_code,
+                limits=config.model_limits,
+                ensemble=config.ensemble,
             )
             return Loaded(model, model.size_bytes, version, fetch_seconds=fetched)
 

@@ -24,7 +24,6 @@ from serve.cli import main as mme
 ROW = b"3000,3,2.5,1.0,2,1995"
 ROW_ARRAY = np.array([[3000, 3, 2.5, 1.0, 2, 1995]], dtype=np.float32)
 CONTEXT = Context(custom_attributes="tenant=7", target_model="model-a.tar.gz")
-XGBOOST_VERSION = tuple(int(part) for part in xgb.__version__.split(".")[:2])
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +82,25 @@ def test_loads_the_fixture_artifact_and_sets_one_thread(make_model_dir) -> None:
     assert config["learner"]["generic_param"]["nthread"] == "1"
 
 
-@pytest.mark.skipif(
-    XGBOOST_VERSION >= (3, 1),
-    reason="XGBoost 3.1 removed the legacy binary format: it can neither save nor load it",
-)
-def test_loads_the_legacy_binary_format(tmp_path: Path, booster: xgb.Booster) -> None:
-    folder = model_folder(tmp_path, {"model.bst": bytes(booster.save_raw("deprecated"))})
-    assert predict_json(folder) == pytest.approx(expected(booster))
-
-
 @pytest.mark.parametrize(
     "files, message",
     [
         ({}, "holds no model file; want `xgboost-model` or exactly one *.json/*.ubj/*.bst/*.model file"),
         ({"notes.txt": b"x", "code/model.json": b"{}"}, "file (it holds: notes.txt)"),
-        ({"a.json": b"{}", "b.ubj": b"{}"}, "holds 2 model files (a.json, b.ubj)"),
+        ({"a.json": b"{}", "b.ubj": b"{}"}, "a.json: invalid JSON model: document.learner is missing"),
         ({"xgboost-model": b""}, "xgboost-model is empty"),
-        ({"xgboost-model": b'{"learner": {"attributes": '}, "xgboost-model is a corrupt XGBoost model"),
-        ({"model.ubj": b"{L\x00\x00\x00\x00\x00\x00\x00\x07lear"}, "model.ubj is a corrupt XGBoost model"),
-        ({"model.bst": b"binf" + bytes(64)}, "is not an XGBoost JSON or UBJSON model"),
-        ({"xgboost-model": b"\x80\x04not really a pickle"}, "is a pickled Booster"),
+        ({"xgboost-model": b'{"learner": {"attributes": '}, "xgboost-model is not a valid JSON model"),
+        ({"model.ubj": b"{L\x00\x00\x00\x00\x00\x00\x00\x07lear"}, "model.ubj: corrupt UBJSON model"),
+        (
+            {"model.bst": b"binf" + bytes(64)},
+            "model.bst is not an XGBoost model in any format this server reads",
+        ),
+        ({"xgboost-model": b"\x80\x04not really a pickle"}, "is not a readable Booster pickle"),
     ],
     ids=[
         "empty folder",
         "no candidate",
-        "two candidates",
+        "two candidates, read as an ensemble",
         "empty",
         "corrupt json",
         "corrupt ubj",
@@ -129,44 +122,59 @@ def test_a_missing_folder_is_a_load_error(tmp_path: Path) -> None:
         load_model(tmp_path / "nowhere")
 
 
-def test_a_legacy_binary_file_names_the_xgboost_version_that_reads_it(tmp_path: Path) -> None:
-    folder = model_folder(tmp_path, {"model.bst": b"binf" + bytes(64)})
-    with pytest.raises(ModelLoadError, match=r"legacy binary format.*xgboost<3\.1"):
-        load_model(folder)
-
-
 # --- pickles ------------------------------------------------------------------------------------------------
 
 
-def test_a_pickle_is_refused_naming_the_opt_in_and_convert(tmp_path: Path, booster: xgb.Booster) -> None:
-    folder = model_folder(tmp_path, {"xgboost-model": pickle.dumps(booster, protocol=2)})
-    with pytest.raises(ModelLoadError) as caught:
-        load_model(folder)
-    for words in ("pickled Booster", "--allow-pickle", "MME_ALLOW_PICKLE=true", "mme convert"):
-        assert words in str(caught.value)
-
-
 @pytest.mark.parametrize("protocol", [2, 3, 5])
-def test_a_pickle_loads_when_allowed(tmp_path: Path, booster: xgb.Booster, protocol: int) -> None:
+def test_a_booster_pickle_loads_with_default_flags(
+    tmp_path: Path, booster: xgb.Booster, protocol: int
+) -> None:
     folder = model_folder(tmp_path, {"xgboost-model": pickle.dumps(booster, protocol=protocol)})
-    assert predict_json(folder, allow_pickle=True) == pytest.approx(expected(booster))
+    assert predict_json(folder) == pytest.approx(expected(booster))
 
 
 class _Sneaky:
+    """Unpickling this would create a marker file: proof that a pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.getcwd, ())
+        return (os.mkdir, (str(self.marker),))
 
 
-def test_an_allowed_pickle_still_cannot_call_anything_but_a_booster(tmp_path: Path) -> None:
-    folder = model_folder(tmp_path, {"xgboost-model": pickle.dumps(_Sneaky(), protocol=4)})
-    with pytest.raises(ModelLoadError, match=r"references posix\.getcwd; only pickled Boosters are loaded"):
-        load_model(folder, allow_pickle=True)
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_a_pickle_naming_any_other_global_is_refused_with_nothing_run(
+    tmp_path: Path, allow_pickle: bool
+) -> None:
+    marker = tmp_path / "ran"
+    folder = model_folder(tmp_path, {"xgboost-model": pickle.dumps(_Sneaky(marker), protocol=4)})
+    with pytest.raises(
+        ModelLoadError, match=r"references posix\.mkdir; only pickled XGBoost Boosters are loaded"
+    ):
+        load_model(folder, allow_pickle=allow_pickle)
+    assert not marker.exists()
 
 
 def test_a_pickle_of_something_else_is_refused(tmp_path: Path) -> None:
     folder = model_folder(tmp_path, {"xgboost-model": pickle.dumps(bytearray(b"abc"), protocol=4)})
-    with pytest.raises(ModelLoadError, match="unpickles to bytearray, not an xgboost Booster"):
-        load_model(folder, allow_pickle=True)
+    with pytest.raises(ModelLoadError, match="unpickles to bytearray, not an XGBoost Booster"):
+        load_model(folder)
+
+
+def test_a_scikit_learn_pickle_needs_the_opt_in_and_then_serves_its_booster(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    x, y = rng.random((80, 4), dtype=np.float32), rng.random(80)
+    regressor = xgb.XGBRegressor(n_estimators=4, max_depth=2).fit(x, y)
+    folder = model_folder(tmp_path, {"xgboost-model": pickle.dumps(regressor)})
+    with pytest.raises(
+        ModelLoadError, match=r"references xgboost\.sklearn\.XGBRegressor, which needs --allow-pickle"
+    ):
+        load_model(folder)
+    expected_rows = regressor.get_booster().inplace_predict(x[:3])
+    body = "\n".join(",".join(repr(float(v)) for v in row) for row in x[:3]).encode()
+    response, _ = load_model(folder, allow_pickle=True).invoke(body, "text/csv", "application/json", CONTEXT)
+    assert json.loads(response) == pytest.approx(expected_rows.tolist())
 
 
 # --- invoke -------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import xgboost as xgb
 from conftest import N_FEATURES, train_booster
 
 from handler.treewalk import TreeWalker
+from handler.xgboost import forest_of
 
 
 def random_rows(n: int, seed: int = 1) -> np.ndarray:
@@ -29,9 +30,9 @@ def random_rows(n: int, seed: int = 1) -> np.ndarray:
 )
 def test_walker_matches_xgboost_bit_for_bit(params):
     booster = train_booster(**params)
-    walker = TreeWalker.compile(booster)
+    walker = TreeWalker.compile(forest_of(booster), booster.inplace_predict)
     assert walker is not None
-    code = walker.to_code(booster)
+    code = walker.to_code(booster.inplace_predict)
     assert code is not None
     rows = random_rows(200)
     want = booster.inplace_predict(rows)
@@ -42,7 +43,7 @@ def test_walker_matches_xgboost_bit_for_bit(params):
 
 def test_walker_sees_missing_values_take_the_default_branch():
     booster = train_booster(rounds=10)
-    walker = TreeWalker.compile(booster)
+    walker = TreeWalker.compile(forest_of(booster), booster.inplace_predict)
     assert walker is not None
     rows = np.full((1, N_FEATURES), np.nan, dtype=np.float32)
     assert np.array_equal(walker.predict(rows), booster.inplace_predict(rows))
@@ -64,7 +65,8 @@ def _classifier(objective: str, **params) -> xgb.Booster:
     ],
 )
 def test_models_it_cannot_reproduce_are_left_to_xgboost(booster):
-    assert TreeWalker.compile(booster()) is None
+    model = booster()
+    assert TreeWalker.compile(forest_of(model), model.inplace_predict) is None
 
 
 def test_served_predictions_are_the_same_on_both_paths(tmp_path):
