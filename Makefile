@@ -14,13 +14,14 @@ $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
 	@echo "== creating the virtualenv $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -qq --upgrade pip
 
-# $(call install,WHAT,HOW LONG,EXTRAS): pip is quiet, so say what is coming and roughly how long.
-# Every extra includes the runtime, so each stamp also marks the runtime installed.
+# $(call install,WHAT,HOW LONG,EXTRAS): pip shows only errors (-qq: not setuptools' notes on editable
+# installs, nor a machine's pip.conf complaining about its own index folders), so say what is coming and
+# roughly how long. Every extra includes the runtime, so each stamp also marks the runtime installed.
 define install
 @echo "== installing $(1) into $(VENV): about $(2) the first time"
-$(PIP) install -q -e '.$(3)'
+$(PIP) install -qq -e '.$(3)'
 @touch $@ $(RUNTIME)
 endef
 RUNTIME_WHAT := the server and training (xgboost, numpy, uvicorn, boto3)
