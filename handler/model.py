@@ -1,7 +1,8 @@
 """What the server calls: load_model(model_dir) once, then LoadedModel.invoke per request.
 
-Each of sagemaker-inference-toolkit's four functions is the default from handler/xgboost.py unless the
-model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
+Each of sagemaker-inference-toolkit's four functions has a default (model_fn, input_fn and predict_fn in
+handler/xgboost.py; output_fn is handler/outputs.respond, which also answers selectable inference
+content) unless the model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
 the toolkit does: a parameter named `context`, or one positional parameter more than the usual signature.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from handler import codecs, treewalk, user_code
+from handler import codecs, outputs, treewalk, user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
 from handler.forest import Forest, ModelLimits
@@ -50,7 +51,16 @@ class Context:
 
 
 class LoadedModel:
-    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output", "_walking", "__weakref__")
+    __slots__ = (
+        "size_bytes",
+        "outputs",
+        "_model",
+        "_input",
+        "_predict",
+        "_output",
+        "_walking",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -60,8 +70,10 @@ class LoadedModel:
         output_step: Step,
         size_bytes: int,
         walking: WalkingPredict | None = None,
+        model_outputs: outputs.ModelOutputs | None = None,
     ):
         self.size_bytes = size_bytes  # estimated resident memory of this model
+        self.outputs = model_outputs  # set when input_fn is the default: rows may be predicted directly
         self._model = model
         self._input = input_step
         self._predict = predict_step
@@ -84,6 +96,10 @@ class LoadedModel:
         prediction = self._predict(data, self._model, context)
         return self._output(prediction, accept, context)
 
+    def predict_rows(self, rows: np.ndarray, context: Context) -> np.ndarray:
+        """predict_fn on rows as the default input_fn reads them (a V2 protocol request's tensor)."""
+        return self._predict(rows, self._model, context)
+
     def on_growth(self, reserve: Callable[[int], bool]) -> None:
         """Have the model ask `reserve(nbytes)` before taking memory beyond size_bytes (a hot model's
         generated code); it goes without when the answer is no."""
@@ -96,6 +112,7 @@ def load_model(
     *,
     allow_pickle: bool = False,
     allow_user_code: bool = False,
+    policy: outputs.Policy = outputs.Policy(),  # noqa: B008 - frozen, so one shared default is safe
     limits: ModelLimits = defaults.DEFAULT_LIMITS,
     ensemble: bool = True,
 ) -> LoadedModel:
@@ -148,13 +165,17 @@ def load_model(
         predict_step = _ensemble_step(forests, boosters)
     else:
         predict_step = _plain_predict
+    info = outputs.describe(forests[0] if "model_fn" not in user else model, n_features, model_dir, policy)
     if "output_fn" in user:
-        output_step = _user_output_step(_user_step("output_fn", user["output_fn"]))
+        output_step = _user_output_step(_user_step("output_fn", user["output_fn"]), policy.default_accept)
     else:
-        output_fn = defaults.output_fn
-        output_step = lambda prediction, accept, context: output_fn(prediction, accept)  # noqa: E731
+        respond = outputs.respond
+        output_step = lambda prediction, accept, context: respond(  # noqa: E731
+            prediction, accept, context.custom_attributes, info
+        )
     fast = walking if "input_fn" not in user else None
-    return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast)
+    default_input = None if "input_fn" in user else info
+    return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast, default_input)
 
 
 def _on_a_short_lived_thread(work: Callable[[], Any]) -> Any:
@@ -289,12 +310,12 @@ def _user_step(name: str, function: Callable[..., Any]) -> Step:
     return step
 
 
-def _user_output_step(user_output: Step) -> Step:
+def _user_output_step(user_output: Step, default_accept: str | None) -> Step:
     """A user output_fn may return bytes or str (then typed as the Accept asked) or (body, content type)."""
 
     def step(prediction: Any, accept: str | None, context: Context) -> tuple[bytes, str]:
         if not accept or accept.strip() in ("", "*/*"):
-            accept = DEFAULT_ACCEPT
+            accept = default_accept or DEFAULT_ACCEPT
         result = user_output(prediction, accept, context)
         body, content_type = result if isinstance(result, tuple) and len(result) == 2 else (result, accept)
         if isinstance(body, str):

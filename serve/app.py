@@ -20,9 +20,10 @@ from urllib.parse import unquote
 
 from prometheus_client import generate_latest
 
+from handler import outputs
 from handler.errors import HandlerError
 from handler.model import Context, LoadedModel, load_model
-from serve import logs
+from serve import logs, v2
 from serve.cache import CacheError, Entry, Loaded, ModelCache
 from serve.config import ServerConfig
 from serve.endpoint import LocalEndpoint, ModelNotReady, make_endpoint
@@ -42,7 +43,7 @@ MAX_PAGE_SIZE = 1000
 # Loaded Boosters take about this much more memory than their files (see handler.model).
 ESTIMATE_FACTOR = 1.5
 SINGLE_MODEL_NAME = "model"
-INVOKE_SUFFIXES = ("/invoke", "/invocations")
+INVOKE_SUFFIXES = ("/invoke", "/invocations", "/infer")
 DEFAULT_STATUS_LIMIT = 100
 
 
@@ -209,6 +210,8 @@ class App:
                 return self._allow(method, "POST") or await self.invocations(request)
             case ["endpoints", _, "invocations"]:
                 return self._allow(method, "POST") or await self.invoke_endpoint(request)
+            case ["v2", *rest]:
+                return await v2.route(self, request, rest)
         raise HTTPError(404, f"no route for {method} {request.path}")
 
     @staticmethod
@@ -307,11 +310,14 @@ class App:
                 folder,
                 allow_pickle=config.allow_pickle,
                 allow_user_code=config.allow_user_code,
+                policy=policy,
                 limits=config.model_limits,
                 ensemble=config.ensemble,
             )
             return Loaded(model, model.size_bytes)
 
+        single = self.single_model and name == SINGLE_MODEL_NAME
+        policy = outputs.Policy(single, config.default_accept, config.inference_output)
         estimate = int(_artifact_bytes(folder) * ESTIMATE_FACTOR)
         return await self.cache.load(name, url or str(folder), loader, estimate=estimate)
 
@@ -393,11 +399,12 @@ class App:
         attributes = headers.get(CUSTOM_ATTRIBUTES)
         context = Context(custom_attributes=attributes, target_model=target)
         content_type, accept = headers.get("content-type"), headers.get("accept")
+        invoke = v2.pick(request, model, body)
         if len(body) <= INLINE_BODY_LIMIT:
-            payload, media_type = model.invoke(body, content_type, accept, context)
+            payload, media_type = invoke(body, content_type, accept, context)
         else:
             loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(self.predict_pool, model.invoke, body, content_type, accept, context)
+            call = loop.run_in_executor(self.predict_pool, invoke, body, content_type, accept, context)
             try:
                 payload, media_type = await asyncio.wait_for(call, self.config.timeout_s)
             except TimeoutError:

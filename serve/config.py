@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from handler import codecs, outputs
+from handler.errors import NotAcceptable
 from handler.forest import ModelLimits
 from serve.errors import CommandError
 
@@ -81,6 +83,8 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "info"
     metrics_top_models: int = 20
+    default_accept: str | None = None  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
+    inference_output: tuple[str, ...] = ()  # SAGEMAKER_INFERENCE_OUTPUT's keys
     model_limits: ModelLimits = field(default_factory=ModelLimits)
     ensemble: bool = True  # several model files in one artifact are averaged (or voted), as AWS's image does
 
@@ -166,6 +170,14 @@ def _revalidate(spec: str) -> float | None:
     return seconds
 
 
+def _accept(media_type: str) -> str:
+    try:
+        codecs.response_type(media_type)
+    except NotAcceptable as exc:
+        raise ValueError(str(exc)) from None
+    return media_type
+
+
 def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ServerConfig:
     """Resolve flags over environment over defaults; a bad value is a CommandError naming its source."""
 
@@ -240,6 +252,8 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         log_format=pick("log_format", "MME_LOG_FORMAT") or "text",
         log_level=pick("log_level", "MME_LOG_LEVEL") or "info",
         metrics_top_models=convert("metrics_top_models", ("MME_METRICS_TOP_MODELS",), positive_int, 20),
+        default_accept=convert("default_accept", ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",), _accept, None),
+        inference_output=convert("inference_output", ("SAGEMAKER_INFERENCE_OUTPUT",), outputs.parse_keys, ()),
         model_limits=ModelLimits(
             max_trees=convert("max_trees", ("MME_MAX_TREES",), positive_int, ModelLimits.max_trees),
             max_nodes=convert("max_nodes", ("MME_MAX_NODES",), positive_int, ModelLimits.max_nodes),
