@@ -20,13 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "-C", str(ROOT), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env or dict(os.environ),
-    )
+    # A make of its own even under `make test`: no sub-make prefixes ("make[1]:"), no directory lines.
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    command = ["make", "--no-print-directory", "-C", str(ROOT), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
 
 
 def pip_installs(output: str) -> list[str]:
