@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import baseline, floors, loadgen, machine, models, profile, report, targets, w5, workloads
-from bench.results import Row
+from bench.results import Row, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work"
 DOCS = ROOT / "docs"
+QUICK_OUT = WORK / "quick"
 # Workloads in the order they run: the floors right after W1, so both see the same machine; W2 and W3
 # before W5, which sizes its budget from W2's models and the baseline's scale from what it survived in W3.
 STEPS: list[tuple[str, Callable[[workloads.Bench], list[Row]]]] = [
@@ -31,8 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a reduced set in under 3 minutes (not for CI)")
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only")
     parser.add_argument("--profile", action="store_true", help="only profile our W1 path with py-spy")
-    parser.add_argument("--out", type=Path, default=DOCS, help="where benchmarks.md/.png go (default docs/)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where benchmarks.md/.png go (default docs/, or bench/.work/quick/ with --quick)",
+    )
     args = parser.parse_args(argv)
+    out = report_folder(args.out, quick=args.quick)
     scale = workloads.QUICK if args.quick else workloads.FULL
     started = time.monotonic()
     load_at_start = machine.load_average()
@@ -61,13 +67,28 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets.evaluate(rows)
     limits = targets.limits(rows)
     report.print_table(rows, checks, limits)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report.write_chart(args.out / "benchmarks.png", rows)
-    report.write_markdown(args.out / "benchmarks.md", description, rows, checks, limits, "benchmarks.png")
-    print(
-        f"bench: wrote {args.out / 'benchmarks.md'} and benchmarks.png in {time.monotonic() - started:.0f} s"
-    )
-    return 0
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_chart(out / "benchmarks.png", rows)
+    report.write_markdown(out / "benchmarks.md", description, rows, checks, limits, "benchmarks.png")
+    print(f"bench: wrote {out / 'benchmarks.md'} and benchmarks.png in {time.monotonic() - started:.0f} s")
+    return verdict(checks, quick=args.quick)
+
+
+def report_folder(out: Path | None, *, quick: bool) -> Path:
+    """docs/ holds the record of full runs; a quick run's smaller scale must never overwrite it."""
+    return out or (QUICK_OUT if quick else DOCS)
+
+
+def verdict(checks: list[Target], *, quick: bool) -> int:
+    """1 when a full run missed a target, naming each; a quick run's smaller scale is not a verdict."""
+    missed = [check.name for check in checks if check.met is False]
+    if not missed:
+        return 0
+    if quick:
+        print(f"bench: a quick run missed {', '.join(missed)}: only a full run (make bench) is judged")
+        return 0
+    print(f"bench: FAILED: missed {', '.join(missed)} (see the report)")
+    return 1
 
 
 if __name__ == "__main__":

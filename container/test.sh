@@ -2,7 +2,9 @@
 # Builds the image with Debian's podman (no Docker engine, no registry needed) and checks SageMaker's
 # container contract against it: serve as root and as uid 1000, the model routes, SIGTERM, and train.
 # The recipe and why each podman setting is needed: see the "Container" section of README.md.
-set -euo pipefail
+# `container/test.sh --host-checks` runs only the checks of this host (tools, apt's mirror, the work folder,
+# ulimits) and exits; MME_APT_DIR (default /etc/apt) points them at another apt configuration.
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv/bin
@@ -12,41 +14,95 @@ BASE_ARCHIVE=$CACHE/debian-py-bookworm.oci.tar
 IMAGE=localhost/xgboost-mme:test
 NAME=mme-test-$$
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
+APT_DIR=${MME_APT_DIR:-/etc/apt}
+HOST_CHECKS_ONLY=false
+[[ ${1:-} != --host-checks ]] || HOST_CHECKS_ONLY=true
 
 failures=0
 pass() { echo "PASS: $*"; }
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 die() { echo "FAIL: $*"; exit 1; }
+# Whatever fails unexpectedly still ends with a FAIL line naming the step, never silently.
+step="start"
+trap 'code=$?; [[ $BASH_SUBSHELL != 0 ]] || echo "FAIL: $step: \`$BASH_COMMAND\` exited $code (container/test.sh line $LINENO)"' ERR
 
-# --- tools -------------------------------------------------------------------------------------------
+# apt_mirror: the first Debian mirror apt uses, from one-line (sources.list, *.list) or deb822 (*.sources)
+# files; a host may have either, or both. Security mirrors carry no base system, so they are skipped.
+apt_mirror() {
+    local files=() file
+    [[ -f $APT_DIR/sources.list ]] && files+=("$APT_DIR/sources.list")
+    for file in "$APT_DIR"/sources.list.d/*; do
+        [[ -f $file && ($file == *.list || $file == *.sources) ]] && files+=("$file")
+    done
+    ((${#files[@]})) || return 0
+    awk '
+        function usable(uri) { return uri ~ /^(https?|ftp):\/\// && uri !~ /security/ }
+        /^[[:space:]]*#/ { next }
+        /^URIs:/ { for (i = 2; i <= NF; i++) if (usable($i)) { print $i; exit } next }
+        /^deb[[:space:]]/ {
+            i = 2
+            if ($i ~ /^\[/) { while (i < NF && $i !~ /\]$/) i++; i++ }
+            if (usable($i)) { print $i; exit }
+        }' "${files[@]}"
+}
+
+# --- host checks ---------------------------------------------------------------------------------------
+step="tools"
 missing=()
 for pkg in podman runc debootstrap uidmap; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
-    [[ $(id -u) == 0 ]] || die "install as root first: apt-get install ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if $HOST_CHECKS_ONLY; then
+        echo "NOTE: tools: the full run installs with apt-get: ${missing[*]}"
+    else
+        [[ $(id -u) == 0 ]] || die "tools: install as root first: apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        pass "tools: podman runc debootstrap uidmap"
+    fi
+else
+    pass "tools: podman runc debootstrap uidmap"
 fi
-pass "tools: podman runc debootstrap uidmap"
+
+step="apt mirror"
+mirror=$(apt_mirror)
+if [[ -n $mirror ]]; then
+    pass "apt mirror: $mirror"
+elif [[ -s $BASE_ARCHIVE && $HOST_CHECKS_ONLY == false ]]; then
+    echo "NOTE: apt mirror: none found in $APT_DIR, not needed: the base image is cached"
+else
+    die "apt mirror: no Debian mirror in $APT_DIR/sources.list or $APT_DIR/sources.list.d/*.{list,sources}" \
+        "(debootstrap needs one to make the base image)"
+fi
 
 # --- all podman state lives in WORK, so cleanup (system reset) touches nothing else; overlay needs a disk fs ---
+step="work folder"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/mme-container-test.XXXXXX")
 export CONTAINERS_STORAGE_CONF=$WORK/storage.conf CONTAINERS_CONF=$WORK/containers.conf
 moto_pid=
 cleanup() {
     [[ -z $moto_pid ]] || kill "$moto_pid" 2>/dev/null || true
-    podman system reset --force >/dev/null 2>&1 || true
+    $HOST_CHECKS_ONLY || podman system reset --force >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-[[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "$WORK is on tmpfs: set TMPDIR to a folder on disk"
+[[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "work folder: $WORK is on tmpfs: set TMPDIR to a folder on disk"
+pass "work folder: $WORK"
 
 # crun refuses hybrid cgroups; podman's default rlimits need CAP_SYS_RESOURCE, so ask for what we have.
+step="ulimits"
 nofile=$(ulimit -Hn)
 nproc=$(ulimit -Hu)
 pid_max=$(cat /proc/sys/kernel/pid_max)
 [[ $nproc == unlimited || $nproc -gt $pid_max ]] && nproc=$pid_max
+pass "ulimits: nofile=$nofile nproc=$nproc"
+if $HOST_CHECKS_ONLY; then
+    echo "PASS: host checks"
+    exit 0
+fi
+
+step="podman configuration"
 cat >"$WORK/storage.conf" <<EOF
 [storage]
 driver = "overlay"
@@ -66,11 +122,8 @@ tmp_dir = "$WORK/tmp"
 EOF
 
 # --- base image: debootstrap once, then reuse the cached archive ---------------------------------------
+step="base image"
 if [[ ! -s $BASE_ARCHIVE ]]; then
-    # The mirror apt already uses, in either sources format.
-    mirror=$(cat /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list 2>/dev/null \
-        | awk '/^URIs:/{print $2; exit} /^deb /{print $2; exit}')
-    [[ -n $mirror ]] || die "no Debian mirror found in apt's sources"
     debootstrap --variant=minbase --include=python3,python3-pip,python3-venv,ca-certificates \
         bookworm "$WORK/rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log"; die "debootstrap"; }
@@ -89,6 +142,7 @@ else
 fi
 
 # --- build: docker format keeps HEALTHCHECK; the host CA is mounted for pip, never copied in ---------
+step="image build"
 podman build -q --format docker --network=host \
     -v "$HOST_CA:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt \
     --build-arg BASE_IMAGE="$BASE" -f container/Dockerfile -t "$IMAGE" . >"$WORK/build.log" 2>&1 \
@@ -104,6 +158,7 @@ else
 fi
 
 # --- a tiny model and its training data, made on the host with the project's venv --------------------
+step="model for the test"
 "$VENV/mme" train --locations Chicago_IL --houses 200 --data "$WORK/data" --out "$WORK/models" \
     >"$WORK/train.log" 2>&1 || { tail -20 "$WORK/train.log"; die "mme train on the host"; }
 [[ -s $WORK/models/Chicago_IL.tar.gz ]] || die "mme train wrote no $WORK/models/Chicago_IL.tar.gz"
@@ -118,6 +173,7 @@ row=$(head -1 "$WORK/data/Chicago_IL/test/Chicago_IL_test.csv" | cut -d, -f2-)
 pod() { podman "$@" 2> >(grep -v 'unable to get systemd connection' >&2); }
 
 # --- serve ---------------------------------------------------------------------------------------------
+step="serve"
 free_port() { "$VENV/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # http METHOD PATH [curl args...] -> prints the status code; the body is in $WORK/body.
@@ -202,6 +258,7 @@ fi
 stop_check "$NAME-user" "uid 1000, no --init" 0
 
 # --- train: SageMaker's training layout under /opt/ml ----------------------------------------------------
+step="train"
 input=$WORK/opt-ml/input
 mkdir -p "$input/config" "$input/data/train" "$input/data/validation" "$WORK/opt-ml/model" "$WORK/opt-ml/output"
 cp "$WORK"/data/Chicago_IL/train/*.csv "$input/data/train/"
@@ -217,6 +274,7 @@ else
 fi
 
 # --- the compose stack with moto standing in for MinIO, whose image needs a registry -------------------
+step="compose stack"
 # The seed job and the server run exactly as docker-compose.yml says, only MinIO's address is swapped.
 moto_port=$(free_port)
 "$VENV/python" -m moto.server -H 127.0.0.1 -p "$moto_port" >"$WORK/moto.log" 2>&1 &

@@ -227,12 +227,13 @@ class App:
                 if method == "POST":
                     return await self.load_model(request)
                 return self._allow(method, "GET") or self.list_models(request)
-            case ["models", name]:
+            # A local endpoint's names may be nested (`v2/Chicago_IL.tar.gz`), with or without %2F.
+            case ["models", *names, "invoke"] if names:
+                return self._allow(method, "POST") or await self.invoke(request, "/".join(names))
+            case ["models", *names] if names:
                 if method == "DELETE":
-                    return await self.unload_model(name)
-                return self._allow(method, "GET") or self.describe_model(name)
-            case ["models", name, "invoke"]:
-                return self._allow(method, "POST") or await self.invoke(request, name)
+                    return await self.unload_model("/".join(names))
+                return self._allow(method, "GET") or self.describe_model("/".join(names))
             case ["invocations"]:
                 return self._allow(method, "POST") or await self.invocations(request)
             case ["endpoints", _, "invocations"]:
@@ -462,7 +463,7 @@ def _target(request: Request) -> str | None:
     """The model a request is about, for its log line."""
     name = request.headers.get(TARGET_MODEL)
     if name is None and request.path.startswith("/models/"):
-        name = request.path.split("/", 3)[2]
+        name = request.path[len("/models/") :].removesuffix("/invoke")
     return name
 
 

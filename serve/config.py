@@ -85,6 +85,7 @@ class ServerConfig:
     allow_pickle: bool = False
     allow_user_code: bool = False
     models: str | None = None
+    lazy_source: bool = False
     s3_endpoint_url: str | None = None
     disk_budget: int = 10 * 1024 * MiB
     cache_dir: Path | None = None
@@ -139,6 +140,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--allow-user-code", action="store_true", default=None, help="run an artifact's code/inference.py")
     add("--models", help="model source: a folder or s3://bucket/prefix/ (env MME_MODELS)")
+    add(
+        "--lazy-source",
+        action="store_true",
+        default=None,
+        help="start even when --models cannot be listed yet, e.g. before its bucket exists "
+        "(env MME_LAZY_SOURCE)",
+    )
     add("--s3-endpoint-url", help="S3-compatible store (env AWS_ENDPOINT_URL)")
     add("--disk-budget", help="bytes of unpacked artifacts kept on disk, e.g. 10GiB (env MME_DISK_BUDGET)")
     add("--cache-dir", help="where fetched artifacts are unpacked (default: a temp folder)")
@@ -230,6 +238,12 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
             raise ValueError("must be >= 1")
         return value
 
+    def port_number(raw: str) -> int:
+        value = int(raw)
+        if not 1 <= value <= 65535:
+            raise ValueError("must be a port number from 1 to 65535")
+        return value
+
     def seconds(raw: str) -> float:
         value = float(raw)
         if value <= 0:
@@ -240,7 +254,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
     budget_default = int(memory_limit() * DEFAULT_MEMORY_FRACTION)
     config = ServerConfig(
         host=pick("host", "MME_HOST") or "127.0.0.1",
-        port=convert("port", ("SAGEMAKER_BIND_TO_PORT",), int, 8080),
+        port=convert("port", ("SAGEMAKER_BIND_TO_PORT",), port_number, 8080),
         multi_model=multi_model,
         workers=convert("workers", ("SAGEMAKER_MODEL_SERVER_WORKERS",), positive_int, os.cpu_count() or 1),
         # Both variables are seconds here; multi-model-server reads the first as minutes (see README).
@@ -260,6 +274,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         allow_pickle=bool(args.allow_pickle) or _truthy(env.get("MME_ALLOW_PICKLE")),
         allow_user_code=bool(args.allow_user_code) or _truthy(env.get("MME_ALLOW_USER_CODE")),
         models=pick("models", "MME_MODELS"),
+        lazy_source=bool(args.lazy_source) or _truthy(env.get("MME_LAZY_SOURCE")),
         s3_endpoint_url=pick("s3_endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         disk_budget=convert("disk_budget", ("MME_DISK_BUDGET",), parse_bytes, 10 * 1024 * MiB),
         cache_dir=Path(d) if (d := pick("cache_dir", "MME_CACHE_DIR")) else None,

@@ -99,10 +99,7 @@ class LocalEndpoint:
 
         resident = len(self.cache)
         estimate = self.cache.used_bytes // resident if resident else FIRST_ESTIMATE
-        return await self.cache.load(name, self._url(name), loader, estimate=estimate, replace=replace)
-
-    def _url(self, name: str) -> str:
-        return f"{self.source.describe()}: {name}"
+        return await self.cache.load(name, self.source.url(name), loader, estimate=estimate, replace=replace)
 
     async def preload(self, names: tuple[str, ...]) -> None:
         for name in names:

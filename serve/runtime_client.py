@@ -32,9 +32,8 @@ def client(endpoint_url: str | None, region: str | None = None) -> Any:
 
 
 def invoke_endpoint(
+    runtime: Any,
     *,
-    endpoint_url: str | None,
-    region: str | None,
     endpoint: str,
     target_model: str | None,
     body: bytes,
@@ -55,7 +54,7 @@ def invoke_endpoint(
     if custom_attributes:
         kwargs["CustomAttributes"] = custom_attributes
     try:
-        response = client(endpoint_url, region).invoke_endpoint(**kwargs)
+        response = runtime.invoke_endpoint(**kwargs)
     except ClientError as exc:
         error = exc.response.get("Error", {})
         original = exc.response.get("OriginalMessage")

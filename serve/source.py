@@ -66,6 +66,10 @@ class Version:
 class ModelSource(Protocol):
     def describe(self) -> str: ...
 
+    def url(self, name: str) -> str: ...
+
+    def check(self) -> None: ...
+
     def list(self) -> Iterator[tuple[str, int]]: ...
 
     def version(self, name: str) -> Version: ...
@@ -122,6 +126,15 @@ class FolderSource:
 
     def describe(self) -> str:
         return f"folder {self.root}"
+
+    def url(self, name: str) -> str:
+        return str(self.root / name)
+
+    def check(self) -> None:
+        """Raise SourceUnavailable unless the folder exists, so a typo fails at startup, not per call."""
+        if self.root.exists() and not self.root.is_dir():
+            raise SourceUnavailable(f"{self.root} is not a folder")
+        self._require_root()
 
     def _path(self, name: str) -> Path:
         path = (self.root / validate_name(name)).resolve()
@@ -208,6 +221,14 @@ class S3Source:
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def url(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def check(self) -> None:
+        """One listing of at most one key: the bucket exists and these credentials may list it."""
+        with self._errors():
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+
     def _key(self, name: str) -> str:
         return self.prefix + validate_name(name)
 
@@ -215,7 +236,7 @@ class S3Source:
     def _errors(self, name: str | None = None) -> Iterator[None]:
         """Map boto's failures to ours: missing -> ModelNotFound, anything else -> SourceUnavailable."""
         from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
         from urllib3.exceptions import HTTPError
 
         try:
@@ -227,6 +248,10 @@ class S3Source:
             raise SourceUnavailable(f"{self.describe()} answered {code or 'an error'}: {exc}") from exc
         except S3UploadFailedError as exc:
             raise SourceUnavailable(f"upload to {self.describe()} failed: {exc}") from exc
+        except NoCredentialsError:
+            raise SourceUnavailable(
+                f"no AWS credentials to read {self.describe()} (environment, profile or instance role)"
+            ) from None
         except (BotoCoreError, HTTPError) as exc:
             raise SourceUnavailable(f"{self.describe()} is unreachable: {exc}") from exc
 

@@ -111,7 +111,21 @@ def _checked_members(tar: tarfile.TarFile, *, max_bytes: int, max_members: int) 
         raise _archive_error(exc) from None
     if not any(m.isfile() for m in members):
         raise BadArtifact("archive is empty: it holds no files")
+    _check_layout(members)
     return members
+
+
+def _check_layout(members: list[tarfile.TarInfo]) -> None:
+    """Refuse a model packed inside one folder: SageMaker's XGBoost container only looks at the root."""
+    paths = [PurePosixPath(m.name).parts for m in members]
+    if any(len(parts) == 1 for parts, m in zip(paths, members, strict=True) if m.isfile()):
+        return
+    folders = sorted({parts[0] for parts in paths if parts})
+    if len(folders) == 1 and folders[0] != "code":  # code/ alone may be a model_fn that builds its model
+        raise BadArtifact(
+            f"archive holds only folder '{folders[0]}/': SageMaker needs the model files at the archive root "
+            f"(pack them with: tar -czf model.tar.gz -C {folders[0]} .)"
+        )
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from conftest import free_port, python_server
 
 from serve import cloud
@@ -338,7 +339,8 @@ def test_push_without_docker_engine_is_one_line(
     line = error_line(capsys, "push")
     assert line.startswith("mme push: error: no Docker engine reachable (docker info failed: ")
     assert line.endswith("): start Docker or set DOCKER_HOST")
-    client("ecr", aws).describe_repositories(repositoryNames=[name])
+    with pytest.raises(ClientError, match="RepositoryNotFoundException"):  # checked before creating it
+        client("ecr", aws).describe_repositories(repositoryNames=[name])
 
 
 def test_push_without_docker_cli_is_one_line(
@@ -347,3 +349,5 @@ def test_push_without_docker_cli_is_one_line(
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(["push", "--repository", name]) == 1
     assert "docker CLI not found on PATH" in error_line(capsys, "push")
+    with pytest.raises(ClientError, match="RepositoryNotFoundException"):
+        client("ecr", aws).describe_repositories(repositoryNames=[name])

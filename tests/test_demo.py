@@ -9,12 +9,14 @@ import sys
 
 
 def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "serve.cli", "demo", "--out", str(tmp_path / "models"), "--houses", "200"],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -31,6 +33,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").glob("*.tar.gz")) == sorted(
         f"{c}.tar.gz" for c in cities
     )
+    assert list(cwd.iterdir()) == []  # --out is the only place it writes: no data/ where it was started
     port = int(re.search(r"Serve .* on http://127\.0\.0\.1:(\d+)", out).group(1))
     with socket.socket() as probe:  # the server is gone: nothing listens on its port any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0

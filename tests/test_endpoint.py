@@ -275,3 +275,53 @@ def test_a_preload_that_fails_keeps_ping_red_and_says_why(start_server, folder):
         time.sleep(0.05)
     assert "Missing.tar.gz" in server.output()
     assert httpx.get(server.url + "/ping").status_code == 503
+
+
+def test_nested_names_in_model_routes_with_or_without_escaping(start_server, folder: Path) -> None:
+    server = start_server("--models", str(folder))
+    invoke(runtime(server.url), "v2/Chicago_IL.tar.gz")
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for path in ("/models/v2/Chicago_IL.tar.gz", "/models/v2%2FChicago_IL.tar.gz"):
+            described = client.get(path)
+            assert described.status_code == 200, described.text
+            assert described.json()["modelName"] == "v2/Chicago_IL.tar.gz"
+        invoked = client.post("/models/v2/Chicago_IL.tar.gz/invoke", content=ROW)
+        assert invoked.status_code == 200, invoked.text
+        assert client.get("/models/v2/Chicago_IL.tar.gz/invoke").status_code == 405
+        assert client.delete("/models/v2/Chicago_IL.tar.gz").status_code == 200
+        assert client.get("/models/v2/Chicago_IL.tar.gz").status_code == 404
+
+
+def test_model_url_is_the_artifacts_url(
+    start_server, folder: Path, s3, bucket: str, moto_endpoint: str, artifact_bytes
+) -> None:
+    s3.put_object(Bucket=bucket, Key="mme/v2/Chicago_IL.tar.gz", Body=artifact_bytes(0))
+    sources = [
+        (str(folder), str(folder.resolve() / "v2" / "Chicago_IL.tar.gz")),
+        (f"s3://{bucket}/mme/", f"s3://{bucket}/mme/v2/Chicago_IL.tar.gz"),
+    ]
+    for source, url in sources:
+        server = start_server("--models", source, "--s3-endpoint-url", moto_endpoint)
+        invoke(runtime(server.url), "v2/Chicago_IL.tar.gz")
+        listed = httpx.get(server.url + "/models").json()["models"]
+        assert listed == [{"modelName": "v2/Chicago_IL.tar.gz", "modelUrl": url}]
+        assert httpx.get(server.url + "/models/v2/Chicago_IL.tar.gz").json()["modelUrl"] == url
+
+
+def test_a_model_packed_in_a_folder_is_named_with_its_layout(start_server, tmp_path: Path) -> None:
+    from conftest import train_booster
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = bytes(train_booster(0).save_raw("ubj"))
+        member = tarfile.TarInfo("model/xgboost-model")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    (tmp_path / "Nested.tar.gz").write_bytes(buffer.getvalue())
+    server = start_server("--models", str(tmp_path))
+    code, response = error_of(lambda: invoke(runtime(server.url), "Nested.tar.gz"))
+    assert code == "ModelError"
+    message = response["OriginalMessage"]
+    assert "'Nested.tar.gz'" in message and "holds only folder 'model/'" in message
+    assert "SageMaker needs the model files at the archive root" in message
+    assert "nested" not in message.replace("Nested.tar.gz", "")  # no internal cache folder name

@@ -82,3 +82,53 @@ def test_unreachable_url_is_one_line_and_exit_1():
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("mme status: error: cannot reach http://127.0.0.1:")
+
+
+def test_long_names_stay_whole_at_80_columns(start_server, tmp_path: Path, artifact_bytes):
+    name = "northeast/massachusetts/Boston_MA_single_family_homes_2024.tar.gz"
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_bytes(artifact_bytes(0))
+    server = start_server("--models", str(tmp_path))
+    headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": name}
+    assert httpx.post(server.url + "/invocations", content=ROW, headers=headers).status_code == 200
+    result = subprocess.run(
+        [sys.executable, "-m", "serve.cli", "status", "--endpoint-url", server.url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert any(name in line for line in result.stdout.splitlines()), result.stdout
+    assert max(map(len, result.stdout.splitlines())) <= 80
+
+
+def test_limit_says_how_many_rows_it_hides(server):
+    result = mme_status("--endpoint-url", server.url, "--limit", "1")
+    assert result.returncode == 0, result.stderr
+    assert list(rows(result.stdout)) == ["m1.tar.gz"]
+    assert "showing the 1 most recently used of 2 (--limit)" in result.stdout
+
+
+def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        assert proc.poll() is None, f"mme status exited {proc.returncode} before {what}"
+        time.sleep(0.05)
+
+
+def test_watch_into_a_file_writes_while_running_and_outlives_the_server(server, tmp_path: Path):
+    out = tmp_path / "status.log"
+    command = [sys.executable, "-m", "serve.cli", "status", "--endpoint-url", server.url, "--watch", "0.1"]
+    with out.open("w") as file:
+        proc = subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        wait_for(lambda: out.read_text().count("m0.tar.gz") >= 2, "two snapshots in the file", proc)
+        server.stop()
+        wait_for(lambda: "down: cannot reach" in out.read_text(), "a 'down' line", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out.read_text()

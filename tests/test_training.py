@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -289,7 +290,31 @@ def test_unreachable_s3_endpoint_is_one_line(capsys, tmp_path):
         "--s3-endpoint-url",
         endpoint,
     )
-    assert_one_line_error(code, err, "s3://bucket/p/Dallas_TX.tar.gz", endpoint)
+    assert_one_line_error(code, err, "s3://bucket/", endpoint)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()  # checked before training
+
+
+def test_missing_bucket_or_credentials_fail_before_training(capsys, tmp_path, moto_endpoint):
+    argv = ["--locations", "Dallas_TX", "--houses", str(HOUSES), "--data", str(tmp_path / "data")]
+    argv += ["--out", str(tmp_path / "models"), "--s3-endpoint-url", moto_endpoint]
+    code, _, err = run_train(capsys, *argv, "--to", "s3://no-such-bucket-here/p/")
+    assert_one_line_error(code, err, "bucket no-such-bucket-here does not exist")
+
+    # A process of its own: boto3's default session keeps the credentials it found in this one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    env |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}  # no instance-role lookup
+    result = subprocess.run(
+        [sys.executable, "-m", "serve.cli", "train", *argv, "--to", "s3://some-bucket/p/"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert_one_line_error(
+        result.returncode, result.stderr, "no AWS credentials to upload to s3://some-bucket/"
+    )
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
 
 
 def _quiet_console():

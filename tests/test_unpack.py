@@ -126,3 +126,21 @@ def test_failed_extraction_removes_its_temp_folder(tmp_path: Path) -> None:
 
     assert sorted(os.listdir(tmp_path)) == ["ok.tar.gz", "out"]
     assert os.listdir(dest) == ["occupied"]
+
+
+def test_a_model_inside_one_folder_is_refused_naming_the_folder(tmp_path: Path) -> None:
+    archive = tmp_path / "nested.tar.gz"
+    archive.write_bytes(
+        tar_bytes(member("model", tarfile.DIRTYPE), member("model/xgboost-model", data=MODEL))
+    )
+    with pytest.raises(BadArtifact) as caught, open_archive(archive, max_bytes=1 << 20, max_members=10):
+        pass
+    assert str(caught.value).startswith(
+        "archive holds only folder 'model/': SageMaker needs the model files at the archive root"
+    )
+    # Files at the root, or only code/ (a model_fn may build its model), are layouts SageMaker serves.
+    for members in ([member("xgboost-model", data=MODEL), member("sub/notes.txt", data=b"x")],
+                    [member("code/inference.py", data=b"print()")]):  # fmt: skip
+        archive.write_bytes(tar_bytes(*members))
+        with open_archive(archive, max_bytes=1 << 20, max_members=10):
+            pass

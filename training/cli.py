@@ -100,12 +100,14 @@ def run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise CommandError(f"--jobs must be at least 1, got {jobs}")
     hp = train.hyperparameters(_hp_overrides(args.hp))
-    destination = None
+    destination = client = None
     if args.to:
         try:
             destination = upload.parse_s3_url(args.to)
         except ValueError as exc:
             raise CommandError(f"--to: {exc}") from None
+        client = upload.s3_client(args.s3_endpoint_url)
+        upload.check_bucket(client, destination[0])
     _writable_folder(args.data, "--data")
     _writable_folder(args.out, "--out")
 
@@ -152,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     if destination:
         bucket, prefix = destination
         files = [args.out / f"{location}.tar.gz" for location in locations]
-        client = upload.s3_client(args.s3_endpoint_url)
         urls = upload.upload_files(client, files, bucket, prefix, console)
         console.print(f"uploaded {len(urls)} artifacts to s3://{bucket}/{prefix}")
     return 0

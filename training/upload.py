@@ -9,10 +9,29 @@ from typing import TYPE_CHECKING, Any
 from serve.errors import CommandError
 from serve.s3 import parse_s3_url, s3_client
 
-__all__ = ["parse_s3_url", "s3_client", "upload_files"]
+__all__ = ["check_bucket", "parse_s3_url", "s3_client", "upload_files"]
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+
+def check_bucket(client: Any, bucket: str) -> None:
+    """Fail with one line, before anything is trained, when the bucket is missing or out of reach."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        raise CommandError(
+            f"no AWS credentials to upload to s3://{bucket}/ (environment, profile or role)"
+        ) from None
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise CommandError(f"bucket {bucket} does not exist: create it first") from None
+        raise CommandError(f"s3://{bucket}/ cannot be used: {' '.join(str(exc).split())}") from None
+    except BotoCoreError as exc:
+        raise CommandError(f"s3://{bucket}/ is unreachable: {' '.join(str(exc).split())}") from None
 
 
 def upload_files(client: Any, files: Sequence[Path], bucket: str, prefix: str, console: Console) -> list[str]:

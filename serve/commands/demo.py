@@ -9,9 +9,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from serve.args import int_range
 from serve.errors import CommandError
 
 HELP = "train the city models, serve them from a folder, invoke each cold then warm, and stop"
@@ -22,8 +24,13 @@ HOUSE = "2006,2800,4,2.5,1.1,2"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="models", help="where the artifacts go (default models/)")
-    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
-    parser.add_argument("--houses", type=int, default=1000, help="houses per city (default 1000)")
+    parser.add_argument(
+        "--data", help="where the training CSVs go (default: a temporary folder, removed at the end)"
+    )
+    parser.add_argument(
+        "--port", type=int_range(0, 65535), default=0, help="server port (default 0: a free one)"
+    )
+    parser.add_argument("--houses", type=int_range(1), default=1000, help="houses per city (default 1000)")
 
 
 def _free_port() -> int:
@@ -58,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     print("== 1. Train the city models")
-    if mme(["train", "--out", str(out), "--houses", str(args.houses)]) != 0:
-        raise CommandError("training failed")
+    with tempfile.TemporaryDirectory(prefix="mme-demo-data-") as scratch:
+        train = ["train", "--out", str(out), "--data", args.data or scratch, "--houses", str(args.houses)]
+        if mme(train) != 0:
+            raise CommandError("training failed")
 
     port = args.port or _free_port()
     url = f"http://127.0.0.1:{port}"

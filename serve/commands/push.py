@@ -68,15 +68,16 @@ def run(args: argparse.Namespace) -> int:
     cloud.check_repository_name(args.repository)
     if not DOCKER_TAG.fullmatch(args.tag):
         raise CommandError(f"--tag {args.tag!r} is not a valid image tag (letters, digits, '_', '.', '-')")
+    # Every precondition before the first side effect, so a failed push leaves no repository behind.
+    if not DOCKERFILE.is_file():
+        raise CommandError(f"{DOCKERFILE} not found: run `mme push` from a checkout of the project")
     with cloud.aws_errors():
         ecr = cloud.session(args.region).client("ecr")
-        repository_uri, created = cloud.ensure_repository(ecr, args.repository)
-        print(f"{'created' if created else 'using'} ECR repository {repository_uri}", flush=True)
+        username, password, registry = cloud.registry_login(ecr)  # also proves the credentials work
         docker = docker_cli()
         check_engine(docker)
-        if not DOCKERFILE.is_file():
-            raise CommandError(f"{DOCKERFILE} not found: run `mme push` from a checkout of the project")
-        username, password, registry = cloud.registry_login(ecr)
+        repository_uri, created = cloud.ensure_repository(ecr, args.repository)
+        print(f"{'created' if created else 'using'} ECR repository {repository_uri}", flush=True)
     image = f"{repository_uri}:{args.tag}"
     docker_step(docker, "login", "--username", username, "--password-stdin", registry, stdin=password)
     # SageMaker runs linux/amd64 instances; building for it also works on arm64 laptops.

@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import socket
 
 from serve import config as server_config
+from serve.errors import CommandError
 
 HELP = "run the inference server: the SageMaker multi-model contract, optionally over a model source"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     server_config.add_arguments(parser)
+
+
+def check_source(config: server_config.ServerConfig) -> None:
+    """A --models that does not exist or cannot be listed fails here, not as a 503 on every call."""
+    from serve.source import SourceError, open_source
+
+    if config.models is None or config.lazy_source:
+        return
+    try:
+        open_source(config.models, s3_endpoint_url=config.s3_endpoint_url).check()
+    except SourceError as exc:
+        message = f"--models {config.models}: {exc}; --lazy-source starts the server anyway"
+        raise CommandError(message) from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says ready, so a busy port is one line and exit 1."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse TIME_WAIT
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from serve.protocol import Limits, protocol_class
 
     config = server_config.from_args(args)
+    check_source(config)
+    sock = listen(config.host, config.port)
     logs.setup(config.log_format, config.log_level)
     logs.event(logging.getLogger("mme"), logging.INFO, "config", **config.describe())
     limits = Limits.of(config, connections=_raise_file_limit(config.max_connections))
@@ -65,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=config.drain_timeout,  # typed int, but a float works: a wait_for
         )
     )
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
 
 

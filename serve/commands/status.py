@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from serve.args import int_range, positive_float
 from serve.errors import CommandError
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
     from rich.table import Table
 
 HELP = "show a running server's resident models, most recently used first, and its memory and disk use"
@@ -20,18 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--watch",
         nargs="?",
-        type=float,
+        type=positive_float,
         const=DEFAULT_WATCH_SECONDS,
         metavar="SECONDS",
-        help=f"refresh every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C",
+        help=f"refresh every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C, also while it is down",
     )
-    parser.add_argument("--limit", type=int, default=50, help="at most this many models (default 50)")
+    parser.add_argument(
+        "--limit", type=int_range(1), default=50, help="at most this many models (default 50)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
     url = args.endpoint_url.rstrip("/") + "/status"
 
@@ -49,13 +55,27 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.watch is None:
-        console.print(render(fetch()))
+        console.print(render(fetch(), console.width))
         return 0
+
+    def snapshot() -> RenderableType:
+        try:
+            return render(fetch(), console.width)
+        except CommandError as exc:  # the server may come back: say it is down and keep watching
+            return Text(f"{time.strftime('%H:%M:%S')} down: {exc}; retrying every {args.watch:g} s")
+
     try:
-        with Live(render(fetch()), console=console, auto_refresh=False) as live:
+        if console.is_terminal:
+            with Live(snapshot(), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(args.watch)
+                    live.update(snapshot(), refresh=True)
+        else:  # a file or a pipe: one snapshot after the other, each written out at once
             while True:
+                console.print(f"--- {time.strftime('%H:%M:%S')}")
+                console.print(snapshot())
+                sys.stdout.flush()
                 time.sleep(args.watch)
-                live.update(render(fetch()), refresh=True)
     except KeyboardInterrupt:
         return 0
 
@@ -76,30 +96,47 @@ def _ago(timestamp: float) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
-def render(status: dict[str, Any]) -> Table:
+# Columns dropped, in this order, when the table would not fit the terminal whole.
+OPTIONAL_COLUMNS = ("loads", "hit ratio", "last used", "p50 ms", "size", "invocations")
+
+
+def render(status: dict[str, Any], width: int = 80) -> Table:
     from rich.table import Table
 
-    totals = status["totals"]
-    table = Table(
-        title=f"{totals['models']} resident models, in flight: {totals['inFlight']}",
-        caption=(
-            f"memory {_bytes(totals['memoryUsedBytes'])} / {_bytes(totals['memoryBudgetBytes'])}   "
-            f"disk cache {_bytes(totals['diskUsedBytes'])} / {_bytes(totals['diskBudgetBytes'])}   "
-            f"hits {totals['cacheHits']}  misses {totals['cacheMisses']}"
-        ),
+    totals, models = status["totals"], status["models"]  # the server sends them most recently used first
+    caption = (
+        f"memory {_bytes(totals['memoryUsedBytes'])} / {_bytes(totals['memoryBudgetBytes'])}   "
+        f"disk cache {_bytes(totals['diskUsedBytes'])} / {_bytes(totals['diskBudgetBytes'])}   "
+        f"hits {totals['cacheHits']}  misses {totals['cacheMisses']}"
     )
-    table.add_column("model", overflow="fold")
-    for column in ("size", "loads", "invocations", "p50 ms", "hit ratio", "last used"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for model in status["models"]:  # the server sends them most recently used first
-        p50, ratio = model["p50Ms"], model["hitRatio"]
-        table.add_row(
-            model["modelName"],
-            _bytes(model["sizeBytes"]),
-            str(model["loads"]),
-            str(model["invocations"]),
-            "-" if p50 is None else f"{p50:.2f}",
-            "-" if ratio is None else f"{ratio:.0%}",
-            _ago(model["lastUsed"]),
-        )
+    if len(models) < totals["models"]:
+        caption += f"\nshowing the {len(models)} most recently used of {totals['models']} (--limit)"
+    columns = {
+        "model": [m["modelName"] for m in models],
+        "size": [_bytes(m["sizeBytes"]) for m in models],
+        "loads": [str(m["loads"]) for m in models],
+        "invocations": [str(m["invocations"]) for m in models],
+        "p50 ms": ["-" if m["p50Ms"] is None else f"{m['p50Ms']:.2f}" for m in models],
+        "hit ratio": ["-" if m["hitRatio"] is None else f"{m['hitRatio']:.0%}" for m in models],
+        "last used": [_ago(m["lastUsed"]) for m in models],
+    }
+    # Whole names matter more than every statistic: drop columns rather than fold names mid-word.
+    for optional in OPTIONAL_COLUMNS:
+        if _table_width(columns) <= width:
+            break
+        del columns[optional]
+    title = f"{totals['models']} resident models, in flight: {totals['inFlight']}"
+    table = Table(title=title, caption=caption)
+    for header in columns:
+        if header == "model":
+            table.add_column(header, no_wrap=True, overflow="ellipsis")
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
+    for cells in zip(*columns.values(), strict=True):
+        table.add_row(*cells)
     return table
+
+
+def _table_width(columns: dict[str, list[str]]) -> int:
+    """Rich's box table: each column is its widest cell plus one space each side and a rule."""
+    return 1 + sum(max(map(len, [header, *cells])) + 3 for header, cells in columns.items())
