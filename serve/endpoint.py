@@ -91,6 +91,7 @@ class LocalEndpoint:
                 allow_user_code=config.allow_user_code,
                 limits=config.model_limits,
                 ensemble=config.ensemble,
+                persist=True,  # the folder is this server's own, one per artifact version
             )
             return Loaded(model, model.size_bytes, version, fetch_seconds=fetched)
 
