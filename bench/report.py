@@ -143,6 +143,8 @@ def write_chart(path: Path, rows: list[Row]) -> None:
         )
         if group
     ]
+    if not groups:  # no baseline in this run (--no-baseline): nothing to pair
+        return
     heights = [len(group) for _, group in groups]
     fig, axes = plt.subplots(
         len(groups), 1, figsize=(11, 0.55 * sum(heights) + 2), height_ratios=heights, squeeze=False

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import xgboost as xgb
 
+from handler.forest import ModelLimits
 from handler.treewalk import TreeWalker
 
 FILE_NAME = ".mme-compiled"
@@ -52,10 +53,10 @@ class Compiled:
         return replace(self, code=code)
 
 
-def key(model_file: Path, options: str) -> bytes:
-    """What the compiled form of `model_file`, loaded with `options`, is valid for."""
+def key(model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> bytes:
+    """What the compiled form of `model_file`, loaded with these options, is valid for."""
     stat = model_file.stat()
-    parts = (FORMAT, xgb.__version__, sys.implementation.cache_tag, sys.byteorder, options,
+    parts = (FORMAT, xgb.__version__, sys.implementation.cache_tag, sys.byteorder, allow_pickle, limits,
              model_file.name, stat.st_size, stat.st_mtime_ns, stat.st_ino)  # fmt: skip
     return hashlib.sha256(repr(parts).encode()).digest()
 

@@ -106,11 +106,13 @@ def load_model(
     limits: ModelLimits = defaults.DEFAULT_LIMITS,
     ensemble: bool = True,
     persist: bool = False,
+    compiler: Compiler | None = None,
 ) -> LoadedModel:
     """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load.
 
     With `persist`, a folder the server owns (the local endpoint's disk cache, one per artifact version),
-    the model's compiled form is kept in it and read back by later loads (see handler/compiled.py).
+    the model's compiled form is kept in it and read back by later loads (see handler/compiled.py); a
+    `compiler` then writes it when it is missing (in a process of its own: see compile_model).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -135,8 +137,8 @@ def load_model(
         files = _model_files(model_dir, ensemble)
         read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
         if len(files) == 1 and "predict_fn" not in user:
-            options = repr((allow_pickle, limits))
-            served = _compiled_model(model_dir, files[0], read, options, persist)
+            key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
+            served = _compiled_model(model_dir, files[0], read, key, persist, compiler)
             model, walking, n_features, size_bytes = served
         else:
             forests = [read(path) for path in files]
@@ -186,13 +188,33 @@ def _model_files(model_dir: Path, ensemble: bool) -> list[Path]:
     return [model_dir / name for name in chosen]
 
 
+# Compiles (folder, model file) as compile_model does, elsewhere: the caller waits for it.
+Compiler = Callable[[Path, Path], None]
+
+
+def compile_model(folder: Path, model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> None:
+    """Write the compiled form of `model_file` into `folder`, as load_model(persist=True) would, without
+    running the folder's code: what a compiler process does for the server."""
+    read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
+    key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
+    _compiled_model(folder, model_file, read, key, persist=True)
+
+
 def _compiled_model(
-    folder: Path, model_file: Path, read: Callable[[Path], Forest], options: str, persist: bool
+    folder: Path,
+    model_file: Path,
+    read: Callable[[Path], Forest],
+    key: Callable[[Path], bytes],
+    persist: bool,
+    compiler: Compiler | None = None,
 ) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int]:
     """(Booster, walking step, width, size) of a one-file model, from its compiled form: read back from
     `folder` when persisted there for this very file, else compiled (and then persisted)."""
-    wanted = compiled.key(model_file, options)
+    wanted = key(model_file)
     form = compiled.read(folder, wanted) if persist else None
+    if form is None and persist and compiler is not None:
+        compiler(folder, model_file)
+        form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here
     booster = None
     if form is None:
         forest = read(model_file)
@@ -207,7 +229,7 @@ def _compiled_model(
         return booster, None, form.width, defaults.size_bytes(form.ubjson_size)
 
     def build() -> xgb.Booster:
-        if compiled.key(model_file, options) != wanted:
+        if key(model_file) != wanted:
             raise ModelLoadError(f"{model_file.name} changed since the model was loaded; load it again")
         return defaults.booster_from_ubjson(defaults.to_ubjson(read(model_file)))
 
