@@ -8,9 +8,11 @@ the toolkit does: a parameter named `context`, or one positional parameter more 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -194,10 +196,51 @@ Compiler = Callable[[Path, Path], None]
 
 def compile_model(folder: Path, model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> None:
     """Write the compiled form of `model_file` into `folder`, as load_model(persist=True) would, without
-    running the folder's code: what a compiler process does for the server."""
-    read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
-    key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
-    _compiled_model(folder, model_file, read, key, persist=True)
+    running the folder's code: what a compiler process does for the server.
+
+    The same bytes compiled with the same options make the same form, so a file seen before (a copy or
+    a hard link under another name) gets the form it got then, without being compiled again.
+    """
+    wanted = compiled.key(model_file, allow_pickle=allow_pickle, limits=limits)
+    try:
+        seen = (hashlib.sha256(model_file.read_bytes()).digest(), allow_pickle, limits)
+    except OSError:
+        seen = None  # read_forest says why, below
+    form = _SEEN.get(seen) if seen is not None else None
+    if form is None:
+        read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
+        form = _compile(model_file, read)[0]
+        if seen is not None:
+            _remember(seen, form)
+    else:
+        _SEEN.move_to_end(seen)
+    if compiled.key(model_file, allow_pickle=allow_pickle, limits=limits) == wanted:  # unchanged meanwhile
+        compiled.write(folder, wanted, form)
+
+
+# Forms compiled by this process by the content they came from, most recently used last, to a bound.
+_SEEN: OrderedDict[tuple[bytes, bool, ModelLimits], compiled.Compiled] = OrderedDict()
+_SEEN_BYTES = 64 << 20
+
+
+def _remember(seen: tuple[bytes, bool, ModelLimits], form: compiled.Compiled) -> None:
+    _SEEN[seen] = form
+    total = sum(_form_bytes(one) for one in _SEEN.values())
+    while total > _SEEN_BYTES and len(_SEEN) > 1:
+        total -= _form_bytes(_SEEN.popitem(last=False)[1])
+
+
+def _form_bytes(form: compiled.Compiled) -> int:
+    return (form.walker.nbytes if form.walker is not None else 0) + len(form.ubjson) + len(form.code)
+
+
+def _compile(model_file: Path, read: Callable[[Path], Forest]) -> tuple[compiled.Compiled, xgb.Booster]:
+    """The compiled form of a model file, and the Booster that checked its walker against XGBoost."""
+    forest = read(model_file)
+    raw = defaults.to_ubjson(forest)
+    booster = defaults.booster_from_ubjson(raw)
+    walker = treewalk.TreeWalker.compile(forest, booster.inplace_predict)
+    return compiled.Compiled(forest.num_feature, len(raw), walker, ubjson=b"" if walker else raw), booster
 
 
 def _compiled_model(
@@ -217,11 +260,7 @@ def _compiled_model(
         form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here
     booster = None
     if form is None:
-        forest = read(model_file)
-        raw = defaults.to_ubjson(forest)
-        booster = defaults.booster_from_ubjson(raw)
-        walker = treewalk.TreeWalker.compile(forest, booster.inplace_predict)
-        form = compiled.Compiled(forest.num_feature, len(raw), walker, ubjson=b"" if walker else raw)
+        form, booster = _compile(model_file, read)
         if persist:
             compiled.write(folder, wanted, form)
     if form.walker is None:  # XGBoost serves every request: its Booster is the model
