@@ -20,6 +20,10 @@ from handler.errors import HandlerError
 from handler.forest import ModelLimits
 from handler.model import compile_model
 
+# The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
+# compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
+COMPILER_NICENESS = 19
+
 
 class CompilerCrashed(HandlerError):
     status = 503  # the server's trouble (the process was killed, memory ran out): a retry may succeed
@@ -67,6 +71,4 @@ class Compiler:
 
 
 def _background() -> None:
-    # The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
-    # compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
-    os.nice(19)
+    os.nice(COMPILER_NICENESS)

@@ -166,3 +166,18 @@ def test_an_overwritten_artifact_is_compiled_once_and_served_in_its_new_version(
     assert httpx.delete(server.url + "/models/m.tar.gz").status_code == 200
     assert invoke() == pytest.approx(new, rel=1e-6)  # a re-miss: the compiled form, not a recompile
     assert (forms[0].stat().st_ino, forms[0].stat().st_mtime_ns) == written
+
+
+def test_a_compiler_writes_each_copy_of_the_same_bytes_its_own_valid_form(tmp_path, booster):
+    from handler.model import compile_model
+
+    limits = ModelLimits()
+    folders = [folder_of(tmp_path, booster, name) for name in ("a", "b")]
+    for folder in folders:
+        compile_model(folder, folder / "xgboost-model.ubj", allow_pickle=False, limits=limits)
+        wanted = compiled.key(folder / "xgboost-model.ubj", allow_pickle=False, limits=limits)
+        assert compiled.read(folder, wanted) is not None  # keyed to this copy's file, not the first's
+        written = file_id(folder)
+        model = load_model(folder, persist=True)
+        assert file_id(folder) == written
+        assert answer(model) == booster.inplace_predict(X).tolist()
