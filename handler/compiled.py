@@ -11,9 +11,10 @@ checksum; and the walker's arrays are checked as forest.build checks a model. An
 absent, and the model is compiled again.
 
 Layout (little-endian): header `MMEC`, format version, 32-byte key, payload length, CRC-32 of the
-payload; payload: width, base, UBJSON size, the arrays' lengths, then roots, feature, threshold, left,
-right, missing (int32/float32), the generated code (marshal), the model's UBJSON (only for models
-the walker does not serve, which XGBoost then loads without the model file being read again).
+payload; payload: width, classes, base, UBJSON size, the sections' lengths, then the objective, roots,
+feature, threshold, left, right, missing (int32/float32), the generated code (marshal), the model's
+UBJSON (only for models the walker does not serve, which XGBoost then loads without the model file
+being read again).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ FILE_NAME = ".mme-compiled"
 MAGIC = b"MMEC"
 FORMAT = 1
 _HEADER = struct.Struct("<4sI32sQI")
-_META = struct.Struct("<idQQQQQ")  # width, base, UBJSON size, roots, nodes, code bytes, UBJSON bytes
+# width, classes, base, UBJSON size, roots, nodes, objective, code and UBJSON bytes
+_META = struct.Struct("<iidQQQQQQ")
 _TYPECODES = ("i", "i", "f", "i", "i", "i")  # roots, feature, threshold, left, right, missing
 
 
 @dataclass(frozen=True)
 class Compiled:
     width: int  # the model's feature count
+    objective: str  # for the responses (handler/outputs.py)
+    num_class: int
     ubjson_size: int  # of the validated model XGBoost loads: what its Booster's memory is estimated from
     walker: TreeWalker | None  # None: the walker cannot reproduce this model, XGBoost serves it
     code: bytes = b""  # TreeCode.to_marshal() of the walker, once a hot model had it generated
@@ -69,7 +73,7 @@ def read(folder: Path, wanted: bytes) -> Compiled | None:
         return None
     try:
         return _parse(data, wanted)
-    except (ValueError, struct.error, EOFError, TypeError):
+    except (ValueError, struct.error, EOFError, TypeError):  # UnicodeDecodeError is a ValueError
         return None  # damaged, truncated or of another build: compiled again, never served
 
 
@@ -95,10 +99,10 @@ def _payload(compiled: Compiled) -> bytes:
     roots = len(arrays[0]) if arrays else 0
     nodes = len(arrays[1]) if arrays else 0
     base = walker.base if walker is not None else 0.0
-    meta = _META.pack(
-        compiled.width, base, compiled.ubjson_size, roots, nodes, len(compiled.code), len(compiled.ubjson)
-    )
-    return b"".join([meta, *(a.tobytes() for a in arrays), compiled.code, compiled.ubjson])
+    objective = compiled.objective.encode()
+    meta = _META.pack(compiled.width, compiled.num_class, base, compiled.ubjson_size, roots, nodes,
+                      len(objective), len(compiled.code), len(compiled.ubjson))  # fmt: skip
+    return b"".join([meta, objective, *(a.tobytes() for a in arrays), compiled.code, compiled.ubjson])
 
 
 def _parse(data: bytes, wanted: bytes) -> Compiled:
@@ -108,8 +112,11 @@ def _parse(data: bytes, wanted: bytes) -> Compiled:
     payload = memoryview(data)[_HEADER.size :]
     if len(payload) != length or zlib.crc32(payload) != crc:
         raise ValueError("truncated or damaged")
-    width, base, ubjson_size, roots, nodes, code_size, ubjson_len = _META.unpack_from(payload)
-    at = _META.size
+    width, num_class, base, ubjson_size, roots, nodes, objective_len, code_size, ubjson_len = (
+        _META.unpack_from(payload)
+    )
+    at = _META.size + objective_len
+    objective = bytes(payload[_META.size : at]).decode()
     walker = None
     if nodes:
         arrays = []
@@ -124,4 +131,4 @@ def _parse(data: bytes, wanted: bytes) -> Compiled:
     ubjson = bytes(payload[at : at + ubjson_len])
     if at + ubjson_len != len(payload) or (walker is None and not ubjson) or (code and walker is None):
         raise ValueError("sections do not add up")
-    return Compiled(width, ubjson_size, walker, code, ubjson)
+    return Compiled(width, objective, num_class, ubjson_size, walker, code, ubjson)

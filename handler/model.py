@@ -1,8 +1,10 @@
 """What the server calls: load_model(model_dir) once, then LoadedModel.invoke per request.
 
-Each of sagemaker-inference-toolkit's four functions is the default from handler/xgboost.py unless the
-model's code/inference.py defines it. Whether a function takes `context` is decided once, at load time, as
-the toolkit does: a parameter named `context`, or one positional parameter more than the usual signature.
+Each of sagemaker-inference-toolkit's four functions has a default (model_fn, input_fn and predict_fn in
+handler/xgboost.py; output_fn is handler/outputs.respond, which also answers selectable inference
+content) unless the model's code/inference.py defines it. Whether a function takes `context` is decided
+once, at load time, as the toolkit does: a parameter named `context`, or one positional parameter more
+than the usual signature.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from handler import codecs, compiled, treewalk, user_code
+from handler import codecs, compiled, outputs, treewalk, user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
 from handler.forest import Forest, ModelLimits
@@ -44,6 +46,12 @@ Step = Callable[[Any, Any, "Context"], Any]
 _PLAIN_CSV = (None, "text/csv")
 
 
+class ModelFilesGone(HandlerError):
+    """A walked model's file, needed for its Booster, is no longer the one it was loaded from."""
+
+    status = 503  # the server's own state: reloading the model (a retry after revalidation) mends it
+
+
 @dataclass
 class Context:
     """Passed to user functions that accept a `context` parameter."""
@@ -53,7 +61,16 @@ class Context:
 
 
 class LoadedModel:
-    __slots__ = ("size_bytes", "_model", "_input", "_predict", "_output", "_walking", "__weakref__")
+    __slots__ = (
+        "size_bytes",
+        "outputs",
+        "_model",
+        "_input",
+        "_predict",
+        "_output",
+        "_walking",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -63,8 +80,10 @@ class LoadedModel:
         output_step: Step,
         size_bytes: int,
         walking: WalkingPredict | None = None,
+        model_outputs: outputs.ModelOutputs | None = None,
     ):
         self.size_bytes = size_bytes  # estimated resident memory of this model
+        self.outputs = model_outputs  # set when input_fn is the default: rows may be predicted directly
         self._model = model
         self._input = input_step
         self._predict = predict_step
@@ -87,6 +106,10 @@ class LoadedModel:
         prediction = self._predict(data, self._model, context)
         return self._output(prediction, accept, context)
 
+    def predict_rows(self, rows: np.ndarray, context: Context) -> np.ndarray:
+        """predict_fn on rows as the default input_fn reads them (a V2 protocol request's tensor)."""
+        return self._predict(rows, self._model, context)
+
     def booster(self) -> Any:
         """The model as its predict_fn sees it: for a walked model, its Booster, built now if need be."""
         if self._model is None and isinstance(self._predict, WalkingPredict):
@@ -105,6 +128,7 @@ def load_model(
     *,
     allow_pickle: bool = False,
     allow_user_code: bool = False,
+    policy: outputs.Policy = outputs.Policy(),  # noqa: B008 - frozen, so one shared default is safe
     limits: ModelLimits = defaults.DEFAULT_LIMITS,
     ensemble: bool = True,
     persist: bool = False,
@@ -141,7 +165,7 @@ def load_model(
         if len(files) == 1 and "predict_fn" not in user:
             key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
             served = _compiled_model(model_dir, files[0], read, key, persist, compiler)
-            model, walking, n_features, size_bytes = served
+            model, walking, n_features, size_bytes, described = served
         else:
             forests = [read(path) for path in files]
             raws = [defaults.to_ubjson(one) for one in forests]
@@ -149,6 +173,7 @@ def load_model(
             model = boosters[0] if len(boosters) == 1 else boosters
             n_features = boosters[0].num_features()
             size_bytes = defaults.size_bytes(sum(len(raw) for raw in raws))
+            described = forests[0]
 
     # Each step takes (first, second, context), bound here once so invoke does no per-request dispatch.
     if "input_fn" in user:
@@ -167,13 +192,17 @@ def load_model(
         predict_step = _ensemble_step(forests, boosters)
     else:
         predict_step = _plain_predict
+    info = outputs.describe(model if "model_fn" in user else described, n_features, model_dir, policy)
     if "output_fn" in user:
-        output_step = _user_output_step(_user_step("output_fn", user["output_fn"]))
+        output_step = _user_output_step(_user_step("output_fn", user["output_fn"]), policy.default_accept)
     else:
-        output_fn = defaults.output_fn
-        output_step = lambda prediction, accept, context: output_fn(prediction, accept)  # noqa: E731
+        respond = outputs.respond
+        output_step = lambda prediction, accept, context: respond(  # noqa: E731
+            prediction, accept, context.custom_attributes, info
+        )
     fast = walking if "input_fn" not in user else None
-    return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast)
+    default_input = None if "input_fn" in user else info
+    return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast, default_input)
 
 
 # What a model served by its walker takes besides the walker's arrays: the Python objects of the model,
@@ -240,7 +269,10 @@ def _compile(model_file: Path, read: Callable[[Path], Forest]) -> tuple[compiled
     raw = defaults.to_ubjson(forest)
     booster = defaults.booster_from_ubjson(raw)
     walker = treewalk.TreeWalker.compile(forest, booster.inplace_predict)
-    return compiled.Compiled(forest.num_feature, len(raw), walker, ubjson=b"" if walker else raw), booster
+    kept = b"" if walker else raw
+    return compiled.Compiled(
+        forest.num_feature, forest.objective, forest.num_class, len(raw), walker, ubjson=kept
+    ), booster
 
 
 def _compiled_model(
@@ -250,9 +282,10 @@ def _compiled_model(
     key: Callable[[Path], bytes],
     persist: bool,
     compiler: Compiler | None = None,
-) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int]:
-    """(Booster, walking step, width, size) of a one-file model, from its compiled form: read back from
-    `folder` when persisted there for this very file, else compiled (and then persisted)."""
+) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int, Forest]:
+    """(Booster, walking step, width, size, outline) of a one-file model, from its compiled form: read
+    back from `folder` when persisted there for this very file, else compiled (and then persisted). The
+    outline is a Forest of no trees with the model's objective and classes, for outputs.describe."""
     wanted = key(model_file)
     form = compiled.read(folder, wanted) if persist else None
     if form is None and persist and compiler is not None:
@@ -263,13 +296,18 @@ def _compiled_model(
         form, booster = _compile(model_file, read)
         if persist:
             compiled.write(folder, wanted, form)
+    outline = Forest("gbtree", form.objective, {}, np.zeros(1, np.float32), form.width, form.num_class)
     if form.walker is None:  # XGBoost serves every request: its Booster is the model
         booster = booster or defaults.booster_from_ubjson(form.ubjson)
-        return booster, None, form.width, defaults.size_bytes(form.ubjson_size)
+        return booster, None, form.width, defaults.size_bytes(form.ubjson_size), outline
 
     def build() -> xgb.Booster:
-        if key(model_file) != wanted:
-            raise ModelLoadError(f"{model_file.name} changed since the model was loaded; load it again")
+        try:
+            current = key(model_file)
+        except OSError:
+            current = None
+        if current != wanted:
+            raise ModelFilesGone(f"{model_file.name} changed or left the disk since the model was loaded")
         return defaults.booster_from_ubjson(defaults.to_ubjson(read(model_file)))
 
     # The Booster that checked the walker is dropped here, on the thread that used it (see
@@ -277,7 +315,7 @@ def _compiled_model(
     store = _CodeStore(folder, wanted, form) if persist else None
     on_demand = _OnDemand(build, defaults.size_bytes(form.ubjson_size))
     walking = WalkingPredict(on_demand, form.width, form.walker, store)
-    return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes
+    return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes, outline
 
 
 class _CodeStore:
@@ -483,12 +521,12 @@ def _user_step(name: str, function: Callable[..., Any]) -> Step:
     return step
 
 
-def _user_output_step(user_output: Step) -> Step:
+def _user_output_step(user_output: Step, default_accept: str | None) -> Step:
     """A user output_fn may return bytes or str (then typed as the Accept asked) or (body, content type)."""
 
     def step(prediction: Any, accept: str | None, context: Context) -> tuple[bytes, str]:
         if not accept or accept.strip() in ("", "*/*"):
-            accept = DEFAULT_ACCEPT
+            accept = default_accept or DEFAULT_ACCEPT
         result = user_output(prediction, accept, context)
         body, content_type = result if isinstance(result, tuple) and len(result) == 2 else (result, accept)
         if isinstance(body, str):

@@ -1,4 +1,4 @@
-"""The default handler functions, sagemaker-inference-toolkit's four, for XGBoost Boosters.
+"""The default handler functions for XGBoost Boosters (the default output_fn is handler/outputs.respond).
 
 A model folder's own `code/inference.py` may replace any of them (see handler/user_code.py).
 """
@@ -19,6 +19,7 @@ from handler.errors import BadRequest, ModelLoadError
 from handler.forest import Forest, ModelLimits, check_rows, leaf_indices  # noqa: F401 - check_rows for convert
 from handler.formats import ubjson
 from handler.formats.document import document_from_forest
+from handler.outputs import objective_of
 
 DEFAULT_LIMITS = ModelLimits()
 
@@ -117,7 +118,7 @@ def predict_fn(data: Any, model: xgb.Booster | list[xgb.Booster]) -> np.ndarray:
     # One small function on purpose: the call a leaner C-API predictor would replace. A DMatrix is what AWS's
     # container's input_fn returns, so users' own input_fn may too.
     if isinstance(model, list):
-        return combine_ensemble([predict_fn(data, booster) for booster in model], _objective(model[0]))
+        return combine_ensemble([predict_fn(data, booster) for booster in model], objective_of(model[0])[0])
     try:
         if isinstance(data, xgb.DMatrix):
             return model.predict(data)
@@ -148,14 +149,6 @@ def _is_linear(booster: xgb.Booster) -> bool:
             orjson.loads(booster.save_config())["learner"]["gradient_booster"]["name"] == "gblinear"
         )
     return linear
-
-
-def _objective(booster: xgb.Booster) -> str:
-    return orjson.loads(booster.save_config())["learner"]["objective"]["name"]
-
-
-def output_fn(prediction: np.ndarray, accept: str | None) -> tuple[bytes, str]:
-    return codecs.encode(prediction, accept)
 
 
 def find_artifacts(names: Iterable[str], where: str, *, ensemble: bool) -> list[str]:

@@ -11,6 +11,7 @@ import base64
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +21,10 @@ from urllib.parse import unquote
 
 from prometheus_client import generate_latest
 
+from handler import outputs
 from handler.errors import HandlerError
 from handler.model import Context, LoadedModel, load_model
-from serve import logs
+from serve import logs, v2
 from serve.cache import CacheError, Entry, Loaded, ModelCache
 from serve.config import ServerConfig
 from serve.endpoint import LocalEndpoint, ModelNotReady, make_endpoint
@@ -42,12 +44,36 @@ MAX_PAGE_SIZE = 1000
 # Loaded Boosters take about this much more memory than their files (see handler.model).
 ESTIMATE_FACTOR = 1.5
 SINGLE_MODEL_NAME = "model"
-INVOKE_SUFFIXES = ("/invoke", "/invocations")
+INVOKE_SUFFIXES = ("/invoke", "/invocations", "/infer")
 DEFAULT_STATUS_LIMIT = 100
+MAX_URL_BYTES = 4096  # Linux's PATH_MAX
 
 
-def _artifact_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def _folder_bytes(folder: Path, root: Path, max_files: int) -> int:
+    """Bytes of the files in a model folder, which must all stay inside `root`: a link leading out of it
+    (to /etc/passwd, /proc/...), a device or a fifo is refused before anything is read, at any depth."""
+    total = files = 0
+    for parent, dirs, names in os.walk(folder):
+        for name in [*dirs, *names]:
+            path = Path(parent, name)
+            shown = path.relative_to(folder)
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                target = Path(os.path.realpath(path))
+                if not target.is_relative_to(root):
+                    raise HTTPError(400, f"{shown} in the model folder links outside the model root {root}")
+                info = target.stat()
+                if stat.S_ISDIR(info.st_mode):
+                    raise HTTPError(400, f"{shown} in the model folder is a link to a folder")
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                raise HTTPError(400, f"{shown} in the model folder is not a regular file")
+            files += 1
+            if files > max_files:
+                raise HTTPError(400, f"the model folder holds more than {max_files} files")
+            total += info.st_size
+    return total
 
 
 def _page_token(after: str) -> str:
@@ -79,7 +105,10 @@ class App:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # Three pools, so slow work never queues in front of fast work: loads (which an artifact can make
+        # slow), version checks and folder scans (a stat or a HEAD), and large predictions.
         self.load_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="load")
+        self.stat_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="stat")
         self.predict_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="predict")
         self.cache = ModelCache(
             config.memory_budget, self.load_pool, max_models=config.max_models, eviction=config.eviction
@@ -93,7 +122,7 @@ class App:
         self.endpoint: LocalEndpoint | None = None
         if config.models:
             self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
-            self.endpoint = make_endpoint(config, self.cache, self.load_pool, self._cache_dir)
+            self.endpoint = make_endpoint(config, self.cache, self.stat_pool, self._cache_dir)
         self.stats = Stats()
         self.cache.listeners += [self.stats.on_model_event, logs.model_event]
         disk = self.endpoint.disk if self.endpoint is not None else None
@@ -146,8 +175,8 @@ class App:
                 self.draining = True
                 if self._startup is not None:
                     self._startup.cancel()
-                self.load_pool.shutdown(wait=False, cancel_futures=True)
-                self.predict_pool.shutdown(wait=False, cancel_futures=True)
+                for pool in (self.load_pool, self.stat_pool, self.predict_pool):
+                    pool.shutdown(wait=False, cancel_futures=True)
                 if self._cache_dir is not None and self.config.cache_dir is None:
                     shutil.rmtree(self._cache_dir, ignore_errors=True)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -208,6 +237,8 @@ class App:
                 return self._allow(method, "POST") or await self.invocations(request)
             case ["endpoints", _, "invocations"]:
                 return self._allow(method, "POST") or await self.invoke_endpoint(request)
+            case ["v2", *rest]:
+                return await v2.route(self, request, rest)
         raise HTTPError(404, f"no route for {method} {request.path}")
 
     @staticmethod
@@ -289,16 +320,26 @@ class App:
     def _confine(self, url: str) -> Path:
         """Resolve `url` inside --model-root, refusing before any read what escapes it."""
         path = Path(url)
+        shown = url if len(url) <= 200 else url[:200] + "..."
         if not path.is_absolute() or ".." in path.parts or "\x00" in url:
-            raise HTTPError(400, f"url {url!r} must be an absolute path without '..' under {self.model_root}")
-        resolved = Path(os.path.realpath(path))
-        if not resolved.is_relative_to(self.model_root):
-            raise HTTPError(400, f"url {url!r} is outside the model root {self.model_root}")
-        if not resolved.is_dir():
-            raise HTTPError(404, f"url {url!r} does not exist or is not a folder")
+            raise HTTPError(
+                400, f"url {shown!r} must be an absolute path without '..' under {self.model_root}"
+            )
+        if len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
+            raise HTTPError(400, f"url {shown!r} is longer than {MAX_URL_BYTES} bytes")
+        try:
+            resolved = Path(os.path.realpath(path))
+            if not resolved.is_relative_to(self.model_root):
+                raise HTTPError(400, f"url {shown!r} is outside the model root {self.model_root}")
+            if not resolved.is_dir():
+                raise HTTPError(404, f"url {shown!r} does not exist or is not a folder")
+        except OSError as exc:  # a name too long for the filesystem, and the like
+            raise HTTPError(400, f"url {shown!r} cannot be a model folder: {exc.strerror}") from None
         return resolved
 
     async def _load_folder(self, name: str, folder: Path, url: str | None = None) -> Entry:
+        """Load the model in `folder`, whose files must stay inside the model root (for a url) or inside
+        the folder itself (single-model mode's --model-dir)."""
         config = self.config
 
         def loader() -> Loaded:
@@ -306,13 +347,23 @@ class App:
                 folder,
                 allow_pickle=config.allow_pickle,
                 allow_user_code=config.allow_user_code,
+                policy=policy,
                 limits=config.model_limits,
                 ensemble=config.ensemble,
             )
             return Loaded(model, model.size_bytes)
 
-        estimate = int(_artifact_bytes(folder) * ESTIMATE_FACTOR)
-        return await self.cache.load(name, url or str(folder), loader, estimate=estimate)
+        single = self.single_model and name == SINGLE_MODEL_NAME
+        policy = outputs.Policy(single, config.default_accept, config.inference_output)
+        root = self.model_root if url is not None else Path(os.path.realpath(folder))
+        loop = asyncio.get_running_loop()
+        try:
+            size = await loop.run_in_executor(
+                self.stat_pool, _folder_bytes, folder, root, config.max_folder_files
+            )
+        except OSError as exc:
+            raise HTTPError(400, f"cannot read the model folder: {exc.strerror}") from None
+        return await self.cache.load(name, url or str(folder), loader, estimate=int(size * ESTIMATE_FACTOR))
 
     async def unload_model(self, name: str) -> Response:
         await self.cache.unload(name)
@@ -338,13 +389,14 @@ class App:
 
     async def invoke_endpoint(self, request: Request) -> Response:
         """SageMaker runtime's InvokeEndpoint: errors in its shapes, so boto3 raises what AWS would."""
-        if self.draining:
-            return runtime_error(503, "ServiceUnavailable", "the endpoint is shutting down")
         if self.endpoint is None:
             return runtime_error(
                 400, "ValidationError", "this server has no model source: start it with --models"
             )
-        name = request.headers.get(TARGET_MODEL)
+        try:
+            name = request.utf8_header(TARGET_MODEL)
+        except UnicodeDecodeError:
+            return runtime_error(400, "ValidationError", "TargetModel is not valid UTF-8")
         if not name:
             return runtime_error(
                 400, "ValidationError", "TargetModel (X-Amzn-SageMaker-Target-Model) is required"
@@ -392,11 +444,12 @@ class App:
         attributes = headers.get(CUSTOM_ATTRIBUTES)
         context = Context(custom_attributes=attributes, target_model=target)
         content_type, accept = headers.get("content-type"), headers.get("accept")
+        invoke = v2.pick(request, model, body)
         if len(body) <= INLINE_BODY_LIMIT:
-            payload, media_type = model.invoke(body, content_type, accept, context)
+            payload, media_type = invoke(body, content_type, accept, context)
         else:
             loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(self.predict_pool, model.invoke, body, content_type, accept, context)
+            call = loop.run_in_executor(self.predict_pool, invoke, body, content_type, accept, context)
             try:
                 payload, media_type = await asyncio.wait_for(call, self.config.timeout_s)
             except TimeoutError:

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import functools
 import time
+import traceback
 import weakref
 from array import array
 from collections import OrderedDict
@@ -139,6 +140,26 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 TRIM_EVERY_S = 1.0
 
 
+def _run_releasing(loader: Loader) -> Loaded:
+    """Run a loader; a failure leaves no frame of the load behind.
+
+    A failing load's traceback holds the frames that read the artifact (hundreds of MiB for a large
+    file), and the awaiting coroutine's frame joins it in a reference cycle through its task, so the
+    bytes stay until the cyclic collector happens to run. Clearing the frames frees them at once.
+    """
+    try:
+        return loader()
+    except BaseException as exc:
+        seen: set[int] = set()
+        link: BaseException | None = exc
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            traceback.clear_frames(link.__traceback__)
+            link.__traceback__ = None
+            link = link.__cause__ or link.__context__
+        raise
+
+
 def _release_free_memory() -> None:
     # glibc keeps freed model memory in its arenas; without trimming, RSS never goes down after unloads.
     trim = getattr(_libc, "malloc_trim", None)
@@ -164,6 +185,9 @@ class ModelCache:
         self._executor = executor
         self._entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self._loading: dict[str, asyncio.Future[Entry]] = {}
+        self._loading_urls: dict[str, str] = {}
+        self._running: set[str] = set()  # loads whose loader runs (and holds a reservation)
+        self._room = asyncio.Event()  # set (and replaced) whenever room may have been made
         self._reserved = 0
         self._used = 0
         self._trim_scheduled = False
@@ -218,6 +242,9 @@ class ModelCache:
         on the old one); otherwise a resident model is AlreadyLoaded.
         """
         task = self._loading.get(name)
+        if task is not None and self._loading_urls[name] != url:
+            # Callers asking for one url share its load; another url for the name is another model.
+            raise AlreadyLoaded(f"model {name!r} is already being loaded from {self._loading_urls[name]}")
         if task is None:
             if name in self._entries and not replace:
                 raise AlreadyLoaded(f"model {name!r} is already loaded")
@@ -225,12 +252,15 @@ class ModelCache:
             # cancels the load that other callers, or its own retry, are waiting for.
             task = asyncio.ensure_future(self._load(name, url, loader, estimate))
             self._loading[name] = task
+            self._loading_urls[name] = url
             task.add_done_callback(lambda done: self._load_done(name, done))
         return await asyncio.shield(task)
 
     def _load_done(self, name: str, task: asyncio.Future[Entry]) -> None:
         if self._loading.get(name) is task:
             del self._loading[name]
+            del self._loading_urls[name]
+        self._room_made()
         if not task.cancelled():
             task.exception()  # retrieved here: a load may end with nobody left waiting
 
@@ -247,19 +277,22 @@ class ModelCache:
         # Under LRU nothing is evicted until the new model has loaded: a load that fails (a corrupt
         # artifact, a name that does not exist) must cost no other model its place.
         self._reserved += estimate
+        self._running.add(name)
         started = time.monotonic()
         try:
-            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, loader)
+            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, _run_releasing, loader)
         except BaseException as exc:
             self._emit(name, "load_failed", {"error": str(exc)})
             raise
         finally:
             self._reserved -= estimate
+            self._running.discard(name)
+            self._room_made()
         if loaded.size > self.budget:
             error = f"model {name!r} takes {loaded.size} bytes; the whole budget is {self.budget}"
             self._emit(name, "load_failed", {"error": error})
             raise DoesNotFit(error)
-        self._make_room(loaded.size, keep=name)
+        await self._wait_for_room(loaded.size, keep=name)
         if previous is not None and self._entries.get(name) is previous:
             self._remove(name)
         entry = Entry(name=name, url=url, model=loaded.model, size=loaded.size, version=loaded.version)
@@ -308,12 +341,30 @@ class ModelCache:
         except (RuntimeError, TimeoutError):  # the loop has stopped or is stuck: go without
             return False
 
+    async def _wait_for_room(self, need: int, keep: str) -> None:
+        """Under LRU, what the budget holds for other loads in flight comes back when they end (as a
+        model to evict, or freed): a load that fits the budget on its own waits for that, never fails."""
+        while True:
+            room = self._room
+            try:
+                self._make_room(need, keep)
+                return
+            except DoesNotFit:
+                if self.eviction == "reject" or not self._running:
+                    raise
+            await room.wait()
+
+    def _room_made(self) -> None:
+        self._room.set()
+        self._room = asyncio.Event()
+
     def _make_room(self, need: int, keep: str) -> None:
         def full() -> str | None:
             """Why there is no room, or None."""
             if self._used + self._reserved + need > self.budget:
                 return "memory_budget"
-            count = len(self._entries) + len(self._loading) - (keep in self._entries)
+            # This model, the resident ones, and the loads in flight that will want a place too.
+            count = len(self._entries) - (keep in self._entries) + 1 + len(self._running - {keep})
             if self.max_models is not None and count > self.max_models:
                 return "max_models"
             return None
@@ -345,6 +396,7 @@ class ModelCache:
     def _remove(self, name: str) -> Entry:
         entry = self._entries.pop(name)
         self._used -= entry.size
+        self._room_made()
         return entry
 
     async def unload(self, name: str) -> Entry:

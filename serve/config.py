@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from handler import codecs, outputs
+from handler.errors import NotAcceptable
 from handler.forest import ModelLimits
 from serve.errors import CommandError
 
@@ -23,6 +25,18 @@ MiB = 1024**2
 # request buffers and the allocator's slack.
 DEFAULT_MEMORY_FRACTION = 0.7
 DEFAULT_MAX_BODY = 6 * MiB  # SageMaker's own InvokeEndpoint payload limit
+# What one connection may make the server hold or wait for (README "Limits").
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # request line and headers of one request
+DEFAULT_MAX_HEADERS = 100
+DEFAULT_HEADER_TIMEOUT = 10.0  # from a connection's (or request's) first byte to its last header
+DEFAULT_BODY_TIMEOUT = 30.0  # from the last header to the body's last byte
+DEFAULT_KEEP_ALIVE = 5.0  # idle time between requests on one connection (uvicorn's own default)
+DEFAULT_MAX_CONNECTIONS = 1000
+# SageMaker sends SIGKILL 30 s after SIGTERM: the drain ends well before that.
+DEFAULT_DRAIN_TIMEOUT = 20.0
+DEFAULT_MAX_UNPACKED = 1024 * MiB  # an artifact's unpacked bytes, tar headers included
+DEFAULT_MAX_MEMBERS = 1000
+DEFAULT_MAX_FOLDER_FILES = 10_000  # files in a POST /models folder
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": MiB, "mb": 10**6, "mib": MiB}
 _UNITS |= {"g": 1024**3, "gb": 10**9, "gib": 1024**3, "t": 1024**4, "tb": 10**12, "tib": 1024**4}
 
@@ -80,6 +94,18 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "info"
     metrics_top_models: int = 20
+    default_accept: str | None = None  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT
+    inference_output: tuple[str, ...] = ()  # SAGEMAKER_INFERENCE_OUTPUT's keys
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    max_unpacked: int = DEFAULT_MAX_UNPACKED
+    max_members: int = DEFAULT_MAX_MEMBERS
+    max_folder_files: int = DEFAULT_MAX_FOLDER_FILES
     model_limits: ModelLimits = field(default_factory=ModelLimits)
     ensemble: bool = True  # several model files in one artifact are averaged (or voted), as AWS's image does
 
@@ -135,6 +161,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="models with own /metrics series; the rest sum up as _other (env MME_METRICS_TOP_MODELS; 20)",
     )
+    add("--max-header-bytes", help="request line and headers of one request, e.g. 64KiB (431 over it)")
+    add("--max-headers", type=int, help="headers of one request (431 over it; env MME_MAX_HEADERS; 100)")
+    add("--header-timeout", type=float, help="seconds to send a request's headers (MME_HEADER_TIMEOUT; 10)")
+    add("--body-timeout", type=float, help="seconds to send a request's body (env MME_BODY_TIMEOUT; 30)")
+    add("--keep-alive", type=float, help="seconds an idle connection stays open (env MME_KEEP_ALIVE; 5)")
+    add("--max-connections", type=int, help="open connections (env MME_MAX_CONNECTIONS; 1000)")
+    add("--drain-timeout", type=float, help="seconds SIGTERM waits for requests (env MME_DRAIN_TIMEOUT; 20)")
+    add("--max-unpacked", help="bytes an artifact may unpack to, headers included (env MME_MAX_UNPACKED)")
+    add("--max-members", type=int, help="members of an artifact's tar (env MME_MAX_MEMBERS; 1000)")
+    add("--max-folder-files", type=int, help="files in a POST /models folder (env MME_MAX_FOLDER_FILES)")
 
 
 def _preload_names(spec: str | None) -> tuple[str, ...]:
@@ -156,6 +192,14 @@ def _revalidate(spec: str) -> float | None:
     if seconds < 0:
         raise ValueError("must be >= 0")
     return seconds
+
+
+def _accept(media_type: str) -> str:
+    try:
+        codecs.response_type(media_type)
+    except NotAcceptable as exc:
+        raise ValueError(str(exc)) from None
+    return media_type
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ServerConfig:
@@ -225,6 +269,24 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         log_format=pick("log_format", "MME_LOG_FORMAT") or "text",
         log_level=pick("log_level", "MME_LOG_LEVEL") or "info",
         metrics_top_models=convert("metrics_top_models", ("MME_METRICS_TOP_MODELS",), positive_int, 20),
+        default_accept=convert("default_accept", ("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",), _accept, None),
+        inference_output=convert("inference_output", ("SAGEMAKER_INFERENCE_OUTPUT",), outputs.parse_keys, ()),
+        max_header_bytes=convert(
+            "max_header_bytes", ("MME_MAX_HEADER_BYTES",), parse_bytes, DEFAULT_MAX_HEADER_BYTES
+        ),
+        max_headers=convert("max_headers", ("MME_MAX_HEADERS",), positive_int, DEFAULT_MAX_HEADERS),
+        header_timeout=convert("header_timeout", ("MME_HEADER_TIMEOUT",), seconds, DEFAULT_HEADER_TIMEOUT),
+        body_timeout=convert("body_timeout", ("MME_BODY_TIMEOUT",), seconds, DEFAULT_BODY_TIMEOUT),
+        keep_alive=convert("keep_alive", ("MME_KEEP_ALIVE",), seconds, DEFAULT_KEEP_ALIVE),
+        max_connections=convert(
+            "max_connections", ("MME_MAX_CONNECTIONS",), positive_int, DEFAULT_MAX_CONNECTIONS
+        ),
+        drain_timeout=convert("drain_timeout", ("MME_DRAIN_TIMEOUT",), seconds, DEFAULT_DRAIN_TIMEOUT),
+        max_unpacked=convert("max_unpacked", ("MME_MAX_UNPACKED",), parse_bytes, DEFAULT_MAX_UNPACKED),
+        max_members=convert("max_members", ("MME_MAX_MEMBERS",), positive_int, DEFAULT_MAX_MEMBERS),
+        max_folder_files=convert(
+            "max_folder_files", ("MME_MAX_FOLDER_FILES",), positive_int, DEFAULT_MAX_FOLDER_FILES
+        ),
         model_limits=ModelLimits(
             max_trees=convert("max_trees", ("MME_MAX_TREES",), positive_int, ModelLimits.max_trees),
             max_nodes=convert("max_nodes", ("MME_MAX_NODES",), positive_int, ModelLimits.max_nodes),

@@ -11,6 +11,7 @@ import hashlib
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from serve.source import (
 from serve.unpack import MAX_MEMBERS, MAX_UNPACKED_BYTES, open_archive
 
 MARKER = ".mme-disk-cache"
+# How long a load waits for disk room that loads in flight hold, before a retryable 503.
+ROOM_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class DiskCache:
         self._max_unpacked_bytes = max_unpacked_bytes
         self._max_members = max_members
         self._lock = threading.Lock()  # guards everything below; taken after a name lock, never before
+        self._room = threading.Condition(self._lock)  # notified whenever bytes or pins are given back
+        self._pins: dict[str, int] = {}  # name -> loads reading its folder now: never evicted
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently materialized first
         self._bytes = 0  # entry sizes plus reservations of loads in flight
         self._name_locks: dict[str, tuple[threading.Lock, int]] = {}  # name -> (lock, threads using it)
@@ -85,40 +90,64 @@ class DiskCache:
         with self._name_lock(name), self._lock:
             self._drop(name)
 
-    def materialize(self, name: str) -> tuple[Path, Version]:
+    @contextmanager
+    def use(self, name: str) -> Iterator[tuple[Path, Version]]:
+        """materialize(), with the folder kept on disk until the block ends (the model is read from it)."""
+        folder, version = self.materialize(name, pin=True)
+        try:
+            yield folder, version
+        finally:
+            with self._lock:
+                if self._pins[name] == 1:
+                    del self._pins[name]
+                else:
+                    self._pins[name] -= 1
+                self._room.notify_all()
+
+    def materialize(self, name: str, *, pin: bool = False) -> tuple[Path, Version]:
         """A folder holding the unpacked artifact, fetched unless the cached copy is still current."""
         validate_name(name)
         with self._name_lock(name):
-            try:
-                version = self.source.version(name)
-            except SourceUnavailable:
+            path, version = self._materialize(name)
+            if pin:
                 with self._lock:
-                    entry = self._touch(name)
-                if entry is None:
-                    raise
-                return entry.path, entry.version  # the store is down: the last copy fetched beats an error
-            except ModelNotFound:
-                with self._lock:
-                    self._drop(name)  # removed from the store, so it must stop being served
-                raise
+                    self._pins[name] = self._pins.get(name, 0) + 1
+            return path, version
+
+    def _materialize(self, name: str) -> tuple[Path, Version]:
+        try:
+            version = self.source.version(name)
+        except SourceUnavailable:
             with self._lock:
                 entry = self._touch(name)
-            if entry is not None and entry.version == version:
-                return entry.path, entry.version
-            return self._load(name, version)
+            if entry is None:
+                raise
+            return entry.path, entry.version  # the store is down: the last copy fetched beats an error
+        except ModelNotFound:
+            with self._lock:
+                self._drop(name)  # removed from the store, so it must stop being served
+            raise
+        with self._lock:
+            entry = self._touch(name)
+        if entry is not None and entry.version == version:
+            return entry.path, entry.version
+        return self._load(name, version)
 
     def _load(self, name: str, hint: Version) -> tuple[Path, Version]:
         download = self.root / f".download-{uuid.uuid4().hex}.tar.gz"
         held = 0
         try:
             held = self._reserve(name, hint.size, held)
-            version = self.source.fetch(name, download)
+            try:
+                version = self.source.fetch(name, download)
+            except OSError as exc:  # our disk (full, read-only): the server's trouble, not the artifact's
+                raise SourceUnavailable(f"cannot store artifact '{name}' locally: {exc.strerror}") from None
             download_size = download.stat().st_size
             held = self._reserve(name, download_size, held)
             dest = self.root / _folder_name(name)
             with open_archive(
                 download, max_bytes=self._max_unpacked_bytes, max_members=self._max_members
-            ) as archive:
+            ) as archive:  # OSError from here on is our disk's: unpack maps the artifact's own errors
                 held = self._reserve(name, download_size + archive.unpacked_bytes, held)
                 archive.extract_to(dest)
             download.unlink()
@@ -131,10 +160,13 @@ class DiskCache:
             return dest, version
         except BadArtifact as exc:
             raise BadArtifact(f"artifact '{name}': {exc}") from None
+        except OSError as exc:
+            raise SourceUnavailable(f"cannot unpack artifact '{name}' locally: {exc.strerror}") from None
         finally:
             download.unlink(missing_ok=True)
             with self._lock:
                 self._bytes -= held
+                self._room.notify_all()
 
     def _reserve(self, name: str, total: int, held: int) -> int:
         """Grow this load's reservation from `held` to `total` bytes, evicting idle entries; returns total."""
@@ -142,16 +174,33 @@ class DiskCache:
             raise BadArtifact(
                 f"needs {total} bytes on disk, more than the disk cache budget of {self.budget} bytes"
             )
+        deadline = time.monotonic() + ROOM_WAIT_S
         with self._lock:
             while self._bytes - held + total > self.budget:
-                # Never evict a name another thread is materializing; our own old copy is fair game.
-                victim = next((n for n in self._entries if n == name or n not in self._name_locks), None)
-                if victim is None:
+                # Never evict a folder a load reads, or a name another thread is materializing; our own
+                # old copy is fair game.
+                victim = next(
+                    (
+                        n
+                        for n in self._entries
+                        if n not in self._pins and (n == name or n not in self._name_locks)
+                    ),
+                    None,
+                )
+                if victim is not None:
+                    self._drop(victim)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise SourceUnavailable(
                         f"disk cache is full: artifact '{name}' needs {total} bytes and models being loaded "
                         f"hold {self._bytes - held} of {self.budget} bytes"
                     )
-                self._drop(victim)
+                # What loads in flight hold comes back when they end. A waiting load holds nothing, so
+                # no two loads can wait for each other.
+                self._bytes -= held
+                held = 0
+                self._room.wait(left)
             self._bytes += total - held
         return total
 
@@ -167,6 +216,7 @@ class DiskCache:
         if entry is not None:
             shutil.rmtree(entry.path, ignore_errors=True)
             self._bytes -= entry.size
+            self._room.notify_all()
 
     @contextmanager
     def _name_lock(self, name: str) -> Iterator[None]:

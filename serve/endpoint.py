@@ -31,6 +31,8 @@ class ModelNotReady(Exception):
 
 
 class LocalEndpoint:
+    """`pool` runs version checks only: they must never wait behind loads, which run on the cache's own."""
+
     def __init__(
         self, config: ServerConfig, cache: ModelCache, pool: Executor, source: ModelSource, disk: DiskCache
     ) -> None:
@@ -85,17 +87,18 @@ class LocalEndpoint:
 
         def loader() -> Loaded:
             started = time.monotonic()
-            folder, version = self.disk.materialize(name)
-            fetched = time.monotonic() - started
-            model = load_model(
-                folder,
-                allow_pickle=config.allow_pickle,
-                allow_user_code=config.allow_user_code,
-                limits=config.model_limits,
-                ensemble=config.ensemble,
-                persist=True,  # the folder is this server's own, one per artifact version
-                compiler=self.compiler,
-            )
+            # The folder stays on disk while the model is read from it, whatever other loads need.
+            with self.disk.use(name) as (folder, version):
+                fetched = time.monotonic() - started
+                model = load_model(
+                    folder,
+                    allow_pickle=config.allow_pickle,
+                    allow_user_code=config.allow_user_code,
+                    limits=config.model_limits,
+                    ensemble=config.ensemble,
+                    persist=True,  # the folder is this server's own, one per artifact version
+                    compiler=self.compiler,
+                )
             return Loaded(model, model.size_bytes, version, fetch_seconds=fetched)
 
         resident = len(self.cache)
@@ -116,5 +119,11 @@ def make_endpoint(config: ServerConfig, cache: ModelCache, pool: Executor, cache
 
     assert config.models is not None
     source = open_source(config.models, s3_endpoint_url=config.s3_endpoint_url)
-    disk = DiskCache(cache_dir, config.disk_budget, source)
+    disk = DiskCache(
+        cache_dir,
+        config.disk_budget,
+        source,
+        max_unpacked_bytes=config.max_unpacked,
+        max_members=config.max_members,
+    )
     return LocalEndpoint(config, cache, pool, source, disk)

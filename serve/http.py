@@ -61,6 +61,14 @@ class Request:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         return cls(scope, receive, scope["method"], scope["path"], headers)
 
+    def utf8_header(self, name: str) -> str | None:
+        """A header whose value is UTF-8 text (boto3 sends a TargetModel such as `café.tar.gz` so);
+        UnicodeDecodeError when it is not."""
+        value = self.headers.get(name)
+        if value is None or value.isascii():
+            return value
+        return value.encode("latin-1").decode("utf-8")
+
     @property
     def query(self) -> dict[str, str]:
         return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))

@@ -6,6 +6,7 @@ Every name is validated before any I/O, so a request can never reach outside the
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -72,6 +73,14 @@ class ModelSource(Protocol):
     def fetch(self, name: str, dest: Path) -> Version: ...
 
     def put(self, name: str, artifact: Path, *, overwrite: bool) -> None: ...
+
+
+def _folder_error(name: str, action: str, exc: OSError) -> SourceError:
+    """A name no file can have (a part longer than the filesystem allows, a file used as a folder) is the
+    caller's mistake, a 4xx; any other failure to reach the folder is the server's, retryable."""
+    if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR):
+        return ModelNotFound(f"model '{name[:200]}' cannot exist here: {exc.strerror}")
+    return SourceUnavailable(f"cannot {action} model '{name}': {exc.strerror}")
 
 
 def validate_name(name: str) -> str:
@@ -145,7 +154,7 @@ class FolderSource:
         except FileNotFoundError:
             raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
         except OSError as exc:
-            raise SourceUnavailable(f"cannot stat model '{name}': {exc.strerror}") from exc
+            raise _folder_error(name, "stat", exc) from exc
         if not stat.S_ISREG(st.st_mode):
             raise ModelNotFound(f"model '{name}' in {self.describe()} is not a file")
         return _folder_version(st)
@@ -157,7 +166,7 @@ class FolderSource:
         except (FileNotFoundError, IsADirectoryError):
             raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
         except OSError as exc:
-            raise SourceUnavailable(f"cannot read model '{name}': {exc.strerror}") from exc
+            raise _folder_error(name, "read", exc) from exc
         with src:
             # The open file's own stat describes exactly the bytes copied, even if the path is replaced now.
             version = _folder_version(os.fstat(src.fileno()))

@@ -7,45 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from bodies import MALFORMED, ROWS, SAME_FULL_ROWS, SAME_ROWS, npy, npy_header
 
+from handler import codecs
 from handler.codecs import decode, encode
-from handler.errors import BadRequest, HandlerError, NotAcceptable, UnsupportedMediaType
+from handler.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 
 # numpy warns when 1e39 overflows float32; the codecs then refuse the resulting inf, which the tests check.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-
-ROWS = np.array([[3000, 3, 2.5, 1.0, 2, 1995], [1, np.nan, 0.25, -4, 5, 6]], dtype=np.float32)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-# Each spelling of ROWS, one per request type and dialect.
-SAME_ROWS = {
-    "csv": ("text/csv", b"3000,3,2.5,1.0,2,1995\n1,,0.25,-4,5,6"),
-    "csv crlf, spaces, trailing newline": ("text/csv", b"3000, 3 ,2.5,1.0,2,1995\r\n1, ,0.25,-4,5,6\r\n"),
-    "csv nan literal": ("text/csv", b"3000,3,2.5,1.0,2,1995\n1,nan,0.25,-4,5,6\n"),
-    "csv without content type": (None, b"3000,3,2.5,1.0,2,1995\n1,,0.25,-4,5,6"),
-    "csv label_size=1": ("text/csv;label_size=1", b"7,3000,3,2.5,1.0,2,1995\n8,1,,0.25,-4,5,6"),
-    "csv charset, any case": ("Text/CSV; charset=utf-8", b"3000,3,2.5,1.0,2,1995\n1,,0.25,-4,5,6"),
-    "libsvm 1-based": ("text/libsvm", b"9 1:3000 2:3 3:2.5 4:1 5:2 6:1995\n0 1:1 3:0.25 4:-4 5:5 6:6\n"),
-    "x-libsvm 0-based, no labels": (
-        "text/x-libsvm",
-        b"0:3000 1:3 2:2.5 3:1 4:2 5:1995\n0:1 2:0.25 3:-4 4:5 5:6",
-    ),
-    "json instances": ("application/json", b'{"instances": [[3000,3,2.5,1.0,2,1995], [1,null,0.25,-4,5,6]]}'),
-    "json features": (
-        "application/json; charset=UTF-8",
-        b'{"instances": [{"features": [3000,3,2.5,1,2,1995]}, {"features": [1,null,0.25,-4,5,6]}]}',
-    ),
-    "json list of rows": ("application/json", b"[[3000,3,2.5,1.0,2,1995],[1,null,0.25,-4,5,6]]"),
-    "jsonlines": ("application/jsonlines", b'[3000,3,2.5,1.0,2,1995]\n{"features": [1,null,0.25,-4,5,6]}\n'),
-    "npy": ("application/x-npy", npy(ROWS)),
-    "npy float64 ints": ("application/x-npy", npy(ROWS.astype(np.float64))),
-}
 
 
 @pytest.mark.parametrize("content_type, body", SAME_ROWS.values(), ids=SAME_ROWS.keys())
@@ -53,6 +22,13 @@ def test_every_request_type_decodes_to_the_same_float32_rows(content_type: str |
     rows = decode(body, content_type, n_features=6)
     assert rows.dtype == np.float32 and rows.flags.c_contiguous
     np.testing.assert_array_equal(rows, ROWS)  # NaN (missing) compares equal to NaN here
+
+
+@pytest.mark.parametrize("content_type, body, expected", SAME_FULL_ROWS.values(), ids=SAME_FULL_ROWS.keys())
+def test_dense_recordio_decodes_to_the_rows(content_type: str, body: bytes, expected: np.ndarray) -> None:
+    rows = decode(body, content_type, n_features=6)
+    assert rows.dtype == np.float32 and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, expected)
 
 
 ONE_ROW = {
@@ -95,87 +71,76 @@ def test_an_unknown_model_width_takes_the_payload_width() -> None:
     assert decode(b"1:1 5:2", "text/libsvm", n_features=None).shape == (1, 5)
 
 
-MALFORMED = [
-    # (content type, body, error, words the message must hold)
-    ("text/csv", b"", BadRequest, "empty"),
-    ("text/csv", b"1,2,3,4,5,6\n1,2,3", BadRequest, "line 2 has 3 fields, but line 1 has 6"),
-    ("text/csv", b"1,2,abc,4,5,6", BadRequest, "line 1, column 3: 'abc' is not a number"),
-    ("text/csv", b"1,2,3,4,5,6\n1,2,3,4,x,6", BadRequest, "line 2, column 5: 'x'"),
-    ("text/csv", b"price,a,b,c,d,e\n1,2,3,4,5,6", BadRequest, "line 1, column 1: 'price'"),
-    ("text/csv", b"1,2,\xff\xfe,4,5,6", BadRequest, "line 1, column 3"),
-    ("text/csv", b"1,2,inf,4,5,6", BadRequest, "line 1, column 3: infinite"),
-    ("text/csv", b"1,2,3,4,5,6\n1,2,3,4,5,-Infinity", BadRequest, "line 2, column 6: infinite"),
-    ("text/csv", b"1,2,3,4,5,1e39", BadRequest, "beyond float32"),
-    ("text/csv;label_size=1", b"0,1,2,3,4,inf,6", BadRequest, "line 1, column 6: infinite"),
-    ("text/csv", b"1,2,3,4,5,6\n\n1,2,3,4,5,6", BadRequest, "line 2 is blank"),
-    ("text/csv", b"\r\n", BadRequest, "no CSV rows"),
-    ("text/csv", b"1,2,3", BadRequest, "expected 6 features, got 3"),
-    ("text/csv;label_size=1", b"1,2,3,4,5,6", BadRequest, "expected 6 features, got 5"),
-    ("text/csv;label_size=x", b"1,2,3,4,5,6", BadRequest, "label_size must be a non-negative integer"),
-    ("text/csv;label_size=6", b"1,2,3,4,5,6", BadRequest, "label_size=6 leaves no feature columns"),
-    ("text/libsvm", b"0 1:2 x", BadRequest, "line 1: 'x' is not index:value"),
-    ("text/libsvm", b"0 1:2\n0 -1:2", BadRequest, "line 2: '-1:2' is not index:value"),
-    ("text/libsvm", b"0 1:abc", BadRequest, "value 'abc' is not a number"),
-    ("text/libsvm", b"0 1:1\n0 9:1", BadRequest, "line 2: feature index 9 is beyond the model's 6 features"),
-    ("text/libsvm", b"0 1:1 1:2", BadRequest, "feature index 1 appears twice"),
-    ("text/libsvm", b"0 2:inf", BadRequest, "feature 2 is infinite"),
-    ("text/libsvm", b"0 1:\xff", BadRequest, "not valid UTF-8"),
-    ("text/libsvm", b"\n\n", BadRequest, "no libsvm rows"),
-    ("application/json", b"{", BadRequest, "invalid JSON"),
-    ("application/json", b"[NaN,1,2,3,4,5]", BadRequest, "invalid JSON"),
-    ("application/json", b'[1,"2",3,4,5,6]', BadRequest, "row 1, value 2: '2' is not a number"),
-    ("application/json", b"[[1,2,3,4,5,6],[1,2]]", BadRequest, "row 2 has 2 values, row 1 has 6"),
-    (
-        "application/json",
-        b"[[[1,2,3,4,5,6]]]",
-        BadRequest,
-        "row 1, value 1: '[1, 2, 3, 4, 5, 6]' is not a number",
-    ),
-    ("application/json", b'{"rows": [[1,2,3,4,5,6]]}', BadRequest, '"instances" list'),
-    ("application/json", b'{"instances": []}', BadRequest, "no JSON rows"),
-    ("application/json", b"[]", BadRequest, "no JSON rows"),
-    (
-        "application/json",
-        b'{"instances": [{"feats": [1]}]}',
-        BadRequest,
-        "instance 1: expected a list of numbers",
-    ),
-    ("application/json", b"42", BadRequest, "JSON body must be"),
-    ("application/json", b"[1,2,3,4,5,1e39]", BadRequest, "infinite"),
-    ("application/json", b"[1,2]", BadRequest, "expected 6 features, got 2"),
-    ("application/json", b'\xff{"instances": []}', BadRequest, "invalid JSON"),
-    ("application/jsonlines", b"[1,2,3,4,5,6]\n{oops", BadRequest, "invalid JSON on line 2"),
-    ("application/jsonlines", b"[1,2,3,4,5,6]\n7", BadRequest, "line 2: expected a list of numbers"),
-    ("application/x-npy", b"not numpy", BadRequest, "not a .npy array"),
-    ("application/x-npy", npy(ROWS)[:-5], BadRequest, "unreadable .npy array"),
-    ("application/x-npy", npy(np.array(["a", "b"])), BadRequest, "dtype <U1; expected numbers"),
-    ("application/x-npy", npy(np.zeros((1, 2, 6))), BadRequest, "shape (1, 2, 6)"),
-    ("application/x-npy", npy(np.zeros((0, 6))), BadRequest, "shape (0, 6)"),
-    ("application/x-npy", npy(np.array([1, np.inf, 3, 4, 5, 6])), BadRequest, "column 2: infinite"),
-    ("image/png", b"\x89PNG", UnsupportedMediaType, "'image/png'; supported: text/csv, text/libsvm"),
-    ("application/xml", b"<a/>", UnsupportedMediaType, "application/x-npy"),
+UNSUPPORTED = [
+    ("image/png", b"\x89PNG", "'image/png'; supported: text/csv, text/libsvm"),
+    ("application/xml", b"<a/>", "application/x-npy, application/x-recordio-protobuf"),
+    ("application/vnd.sagemaker-triton.binary+json;json-header-size=2", b"{}", "cannot read content type"),
 ]
+CASES = [(kind, *case) for kind, cases in MALFORMED.items() for case in cases]
+
+
+def test_every_format_has_at_least_15_malformed_bodies() -> None:
+    assert {kind: len(cases) >= 15 for kind, cases in MALFORMED.items()} == dict.fromkeys(MALFORMED, True)
 
 
 @pytest.mark.parametrize(
-    "content_type, body, error, message",
-    MALFORMED,
-    ids=[f"{i}-{case[3][:30]}" for i, case in enumerate(MALFORMED)],
+    "kind, content_type, body, message", CASES, ids=[f"{c[0]}-{i}-{c[3][:30]}" for i, c in enumerate(CASES)]
 )
-def test_malformed_bodies_name_the_problem(
-    content_type: str, body: bytes, error: type[HandlerError], message: str
-) -> None:
-    with pytest.raises(error) as caught:
+def test_malformed_bodies_name_the_problem(kind: str, content_type: str, body: bytes, message: str) -> None:
+    with pytest.raises(BadRequest) as caught:
         decode(body, content_type, n_features=6)
     assert message in str(caught.value)
-    assert type(caught.value) is error
 
 
-def test_npy_object_arrays_are_refused_without_unpickling() -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(BadRequest, match="unreadable .npy array: Object arrays cannot be loaded"):
-        decode(buffer.getvalue(), "application/x-npy", n_features=6)
+@pytest.mark.parametrize("content_type, body, message", UNSUPPORTED)
+def test_unknown_content_types_list_the_supported_ones(content_type: str, body: bytes, message: str) -> None:
+    with pytest.raises(UnsupportedMediaType, match=message.replace("+", "\\+")):
+        decode(body, content_type, n_features=6)
+
+
+def test_a_pickled_npy_payload_is_never_unpickled(tmp_path) -> None:
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Hostile:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    body = npy(np.array([Hostile()], dtype=object), allow_pickle=True)
+    assert pickle.dumps(Hostile())  # the payload would run marker.touch() if unpickled
+    with pytest.raises(BadRequest, match="refused without unpickling"):
+        decode(body, "application/x-npy", n_features=6)
+    assert not marker.exists()
+
+
+def test_a_huge_declared_npy_shape_is_refused_before_any_allocation() -> None:
+    body = npy_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }")  # 4 TiB
+    with pytest.raises(BadRequest, match=r"declares shape \(1099511627776,\)"):
+        decode(body, "application/x-npy", n_features=6)
+
+
+def test_a_libsvm_index_of_5000_digits_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="is too large"):
+        decode(b"0 " + b"1" * 5000 + b":1", "text/libsvm", n_features=None)
+
+
+def test_an_unknown_width_libsvm_body_cannot_ask_for_a_huge_matrix() -> None:
+    with pytest.raises(BadRequest, match="over 67108864 values"):
+        decode(b"0 999999999:1", "text/libsvm", n_features=None)
+
+
+def test_long_header_values_are_not_memoized() -> None:
+    codecs._memo_decoder.cache_clear()
+    codecs._memo_response_type.cache_clear()
+    long_type = "text/csv;x=" + "y" * codecs.MEMO_MAX_CHARS
+    for i in range(10):
+        decode(b"1,2", f"{long_type}{i}", n_features=None)
+        encode(SINGLE, f"application/json;{long_type}{i}")
+    decode(b"1,2", "text/csv;x=short", n_features=None)
+    encode(SINGLE, "text/csv")
+    assert codecs._memo_decoder.cache_info().currsize == 1
+    assert codecs._memo_response_type.cache_info().currsize == 1
 
 
 SINGLE = np.array([395909.25, 0.1, 1e-7], dtype=np.float32)
@@ -201,6 +166,49 @@ def test_every_response_type(accept: str, single: bytes, multi: bytes, content_t
     assert encode(MULTI, accept) == (multi, content_type)
 
 
+@pytest.mark.parametrize(
+    "accept, single, multi",
+    [
+        (
+            "application/json",
+            b'{"predictions":[{"score":395909.25},{"score":0.1},{"score":1e-7}]}',
+            b'{"predictions":[{"score":[0.1,0.7,0.2]},{"score":[0.5,0.25,0.25]}]}',
+        ),
+        ("text/csv", b"395909.25\n0.1\n1e-7\n", b"0.1,0.7,0.2\n0.5,0.25,0.25\n"),
+        ("text/csv;layout=line", b"395909.25,0.1,1e-7", b"0.1,0.7,0.2,0.5,0.25,0.25"),
+        (
+            "application/jsonlines",
+            b'{"score":395909.25}\n{"score":0.1}\n{"score":1e-7}\n',
+            b'{"score":[0.1,0.7,0.2]}\n{"score":[0.5,0.25,0.25]}\n',
+        ),
+    ],
+)
+def test_single_model_shapes_are_aws_single_model_endpoints(accept: str, single: bytes, multi: bytes) -> None:
+    assert encode(SINGLE, accept, single_model=True)[0] == single
+    assert encode(MULTI, accept, single_model=True)[0] == multi
+
+
+@pytest.mark.parametrize("single_model", [False, True])
+def test_npy_answers_are_float32_arrays_one_row_per_input_row(single_model: bool) -> None:
+    for prediction in (SINGLE, MULTI):
+        body, content_type = encode(prediction, "application/x-npy", single_model=single_model)
+        answer = np.load(io.BytesIO(body), allow_pickle=False)
+        assert content_type == "application/x-npy" and answer.dtype == np.float32
+        np.testing.assert_array_equal(answer, prediction)
+
+
+@pytest.mark.parametrize("single_model", [False, True])
+def test_recordio_answers_hold_each_row_in_label_score(single_model: bool) -> None:
+    from sagemaker.amazon.common import read_records
+
+    for prediction in (SINGLE, MULTI):
+        body, content_type = encode(prediction, "application/x-recordio-protobuf", single_model=single_model)
+        records = read_records(io.BytesIO(body))
+        assert content_type == "application/x-recordio-protobuf"
+        got = [list(r.label["score"].float32_tensor.values) for r in records]
+        assert got == prediction.reshape(len(prediction), -1).tolist()
+
+
 def test_json_numbers_read_back_as_the_float32_values() -> None:
     body, _ = encode(SINGLE, "application/json")
     assert np.array(json.loads(body), dtype=np.float32).tolist() == SINGLE.tolist()
@@ -222,15 +230,24 @@ def test_json_numbers_read_back_as_the_float32_values() -> None:
         ("image/png, text/csv;q=0.1", "text/csv"),
         ("text/csv;q=0, */*;q=0.1", "application/json"),
         ("text/csv;q=bad, application/jsonlines;q=0.1", "application/jsonlines"),
+        ("application/x-npy", "application/x-npy"),
+        ("application/x-recordio-protobuf", "application/x-recordio-protobuf"),
+        ("image/png, application/x-npy;q=0.5", "application/x-npy"),
     ],
 )
 def test_accept_negotiation(accept: str | None, content_type: str) -> None:
     assert encode(SINGLE, accept)[1] == content_type
 
 
+@pytest.mark.parametrize("accept", [None, "", "*/*", "text/html, */*;q=0.5"])
+def test_the_default_answers_a_missing_accept_and_any_type(accept: str | None) -> None:
+    assert encode(SINGLE, accept, default="text/csv")[1] == "text/csv"
+    assert encode(SINGLE, accept, default="application/x-npy")[1] == "application/x-npy"
+
+
 @pytest.mark.parametrize(
     "accept", ["image/png", "text/csv;layout=column", "application/json;q=0", "text/html, */*;q=0"]
 )
 def test_unanswerable_accept_lists_the_supported_types(accept: str) -> None:
-    with pytest.raises(NotAcceptable, match="supported: application/json, text/csv, text/csv;layout=line"):
+    with pytest.raises(NotAcceptable, match="supported: application/json, text/csv, .*, application/x-npy"):
         encode(SINGLE, accept)

@@ -67,7 +67,8 @@ def _damaged(data: bytes) -> list[bytes]:
     flipped[header + 40] ^= 0x5A
     # A payload damaged and its checksum made to match: the arrays' own checks must catch it.
     forged = bytearray(data)
-    struct.pack_into("<i", forged, header + struct.calcsize("<idQQQQQ") + 4 * 2, 10**6)  # a root far out
+    roots = header + compiled._META.size + len(b"reg:squarederror")
+    struct.pack_into("<i", forged, roots + 4 * 2, 10**6)  # the third tree's root, far out of range
     struct.pack_into("<I", forged, header - 4, zlib.crc32(forged[header:]))
     return [data[: len(data) // 2], data[:10], b"", bytes(flipped), bytes(forged), b"MMEC" + data[4:-1]]
 

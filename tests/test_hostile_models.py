@@ -134,8 +134,40 @@ def _apply(raw: bytes, edits: list[tuple[int, int]]) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(_mutated(_REAL), _mutated(_REAL_JSON), st.binary(max_size=400)))
+_FIELDS = ("left_children", "right_children", "split_indices", "default_left", "parents")
+_TOP = ("num_feature", "num_class", "num_target")
+_HOSTILE = st.integers(-3, 2**40)
+
+
+def _structural() -> st.SearchStrategy[bytes]:
+    """A real JSON model with tree fields and learner parameters set to hostile values."""
+    edits = st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 3), st.sampled_from(_FIELDS), st.integers(0, 20), _HOSTILE),
+            st.tuples(st.just(-1), st.sampled_from(_TOP), st.just(0), _HOSTILE),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+    return edits.map(_edited)
+
+
+def _edited(edits) -> bytes:
+    model = json.loads(_REAL_JSON)
+    for tree, field, node, value in edits:
+        if tree < 0:
+            model["learner"]["learner_model_param"][field] = str(value)
+            continue
+        values = _trees(model)[tree][field]
+        values[node % len(values)] = value
+    return json.dumps(model).encode()
+
+
+_BASELINE_RSS = psutil.Process().memory_info().rss
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(_mutated(_REAL), _mutated(_REAL_JSON), _structural(), st.binary(max_size=400)))
 def test_mutated_model_files_load_cleanly_or_fail_cleanly(tmp_path_factory, data: bytes) -> None:
     from handler.errors import ModelLoadError
     from handler.model import load_model
@@ -147,6 +179,7 @@ def test_mutated_model_files_load_cleanly_or_fail_cleanly(tmp_path_factory, data
     try:
         model = load_model(Path(folder))
     except ModelLoadError:
+        assert psutil.Process().memory_info().rss - _BASELINE_RSS < 2**30
         return
     from handler.errors import HandlerError
     from handler.model import Context
@@ -155,3 +188,5 @@ def test_mutated_model_files_load_cleanly_or_fail_cleanly(tmp_path_factory, data
         model.invoke(body, "text/csv", "application/json", Context(None, None))
     except HandlerError as exc:
         assert exc.status < 500
+    # No example may take memory that stays: 1 GiB over the start is far beyond any of these models.
+    assert psutil.Process().memory_info().rss - _BASELINE_RSS < 2**30

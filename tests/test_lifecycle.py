@@ -116,8 +116,8 @@ def test_sigterm_finishes_every_request_in_flight(start_server, folder, tmp_path
     assert list(temp.iterdir()) == []
 
 
-def test_drain_is_bounded_by_the_server_timeout(start_server, folder):
-    server = start_server("--models", str(folder), env={"SAGEMAKER_MODEL_SERVER_TIMEOUT": "1"})
+def test_drain_is_bounded_by_the_drain_timeout(start_server, folder):
+    server = start_server("--models", str(folder), env={"MME_DRAIN_TIMEOUT": "1"})
     never = threading.Event()
 
     def stuck() -> httpx.Response:

@@ -94,7 +94,7 @@ def test_one_row_answers_on_both_fast_paths_are_the_same_bits(entry: dict, monke
 
 
 @pytest.mark.parametrize("entry", CASES, ids=IDS)
-def test_mme_convert_with_check_writes_ubjson_that_plain_xgboost_serves_the_same(entry: dict, tmp_path) -> None:
+def test_mme_convert_with_check_writes_ubjson_plain_xgboost_serves_the_same(entry: dict, tmp_path) -> None:
     folder, case, rows, served = _case(entry)
     per_model = case.get("per_model_prediction_bits") or [case["prediction_bits"]]
     for name, bits in zip(case["model_files"], per_model, strict=True):
@@ -153,3 +153,14 @@ def test_truncated_and_corrupted_legacy_files_are_400s_naming_the_problem(tmp_pa
     folder.mkdir()
     (folder / "xgboost-model").write_bytes(bytes(utf8))
     load_model(folder)  # loads: a base_score is a number, whatever its bytes look like
+
+
+@pytest.mark.parametrize("path", ["image-0.90-1/gblinear", "image-1.0-1/gblinear"])
+def test_gblinear_models_the_old_images_failed_on_are_served_with_every_weight(path: str) -> None:
+    """Those images passed the pickle's best_ntree_limit to gblinear, which refused it (a 500); we answer
+    what the same XGBoost predicts without the limit."""
+    folder = FIXTURES / path
+    case = json.loads((folder / "case.json").read_text())
+    assert "ntree_limit" in case["served_error"]
+    rows = np.array([[np.nan if v is None else v for v in row] for row in case["rows"]], dtype=np.float32)
+    assert _answer(load_model(folder), rows).tobytes() == _bits(case["prediction_bits_all_trees"]).tobytes()

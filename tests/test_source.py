@@ -451,3 +451,13 @@ def test_startup_wipes_leftovers_but_refuses_a_foreign_folder(tmp_path: Path) ->
     with pytest.raises(SourceError, match="not empty"):
         DiskCache(foreign, 1000, source)
     assert os.listdir(foreign) == ["precious.txt"]
+
+
+def test_a_name_no_file_can_have_is_not_found_rather_than_the_store_failing(tmp_path: Path) -> None:
+    source = FolderSource(tmp_path)
+    (tmp_path / "file.tar.gz").write_bytes(b"x")
+    for name in ("a" * 300 + ".tar.gz", "file.tar.gz/inner.tar.gz"):
+        with pytest.raises(ModelNotFound, match="cannot exist here"):
+            source.version(name)
+        with pytest.raises(ModelNotFound, match="cannot exist here"):
+            source.fetch(name, tmp_path / "dest")

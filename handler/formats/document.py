@@ -73,7 +73,10 @@ class _Fields:
             values = np.array(value, dtype=np.float64 if any(type(v) is float for v in value) else np.int64)
         else:
             raise self.fail(key, "is not a list of numbers")
-        integral = np.dtype(dtype).kind in "iu"
+        target = np.dtype(dtype)
+        if values.dtype.kind == target.kind and values.dtype.itemsize <= target.itemsize:
+            return values.astype(target)  # a typed array that fits: nothing to check
+        integral = target.kind in "iu"
         if integral and values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
             raise self.fail(key, "holds a value that is not an integer")
         if np.dtype(dtype).kind in "iu" and len(values):

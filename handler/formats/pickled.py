@@ -129,7 +129,7 @@ class _Unpickler(pickle.Unpickler):
                 return _WrapperState
             if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in _NUMPY:
                 return _NUMPY[name]
-        if module == "xgboost.sklearn" or module.startswith(("numpy", "joblib")):
+        if not self.allow_sklearn and (module == "xgboost.sklearn" or module.startswith("numpy")):
             raise _Refused(f"it references {module}.{name}, which needs {PICKLE_OPT_IN}")
         raise _Refused(f"it references {module}.{name}; only pickled XGBoost Boosters are loaded")
 

@@ -22,7 +22,8 @@ _INTS = {marker: _NUMBERS[marker][0] for marker in b"iUIlL"}
 _ARRAY_CODES = {np.dtype(np.float32): b"d", np.dtype(np.int32): b"l", np.dtype(np.int64): b"L",
                 np.dtype(np.uint8): b"U", np.dtype(np.float64): b"D", np.dtype(np.int8): b"i"}  # fmt: skip
 _OPEN_OBJECT, _CLOSE_OBJECT, _OPEN_ARRAY, _CLOSE_ARRAY = b"{}[]"
-_TYPE, _COUNT, _NOOP = b"$#N"
+_TYPE, _COUNT, _NOOP, _LENGTH_64 = b"$#NL"
+_INT64 = struct.Struct(">q")
 
 
 class _Reader:
@@ -113,9 +114,10 @@ class _Reader:
             size = count * dtype.itemsize
             if size > self.end - self.pos:
                 raise self.fail(f"an array of {count} numbers is longer than the bytes left")
+            # Left big-endian: whoever reads it converts once, to the dtype it needs.
             values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.pos)
             self.pos += size
-            return values.astype(dtype.newbyteorder("="))
+            return values
         if count is not None:
             return [self.value(self.marker(), depth) for _ in range(count)]
         items = []
@@ -131,10 +133,34 @@ class _Reader:
                 key = self.text()
                 out[key] = self.value(self.marker() if kind is None else kind, depth)
             return out
-        while (marker := self.marker()) != _CLOSE_OBJECT:
-            key = self.text(marker)
+        data, end = self.data, self.end
+        while True:
+            pos = self.pos
+            if pos < end and data[pos] == _LENGTH_64 and pos + 9 <= end:
+                # XGBoost writes every key as L + 8-byte length: read it here, without the general path.
+                n = _INT64.unpack_from(data, pos + 1)[0]
+                start = pos + 9
+                if n < 0 or start + n > end:
+                    raise self.fail(f"a key of {n} bytes is longer than the bytes left")
+                try:
+                    key = data[start : start + n].decode()
+                except UnicodeDecodeError:
+                    raise self.fail("a key is not UTF-8") from None
+                self.pos = pos = start + n
+                if data[pos : pos + 2] == b"[$" and data[pos + 3 : pos + 5] == b"#L" and pos + 13 <= end:
+                    # A typed array with a 64-bit count, as XGBoost writes every per-node list.
+                    kind = _NUMBERS.get(data[pos + 2])
+                    count = _INT64.unpack_from(data, pos + 5)[0]
+                    if kind is not None and count >= 0 and pos + 13 + count * kind[1].itemsize <= end:
+                        out[key] = np.frombuffer(data, dtype=kind[1], count=count, offset=pos + 13)
+                        self.pos = pos + 13 + count * kind[1].itemsize
+                        continue
+            else:
+                marker = self.marker()
+                if marker == _CLOSE_OBJECT:
+                    return out
+                key = self.text(marker)
             out[key] = self.value(self.marker(), depth)
-        return out
 
 
 def loads(data: bytes) -> Any:

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
     import logging
     import signal
     from types import FrameType
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from serve import logs
     from serve.app import App
-    from serve.protocol import Protocol
+    from serve.protocol import Limits, protocol_class
 
     config = server_config.from_args(args)
     # A thread that wants the GIL waits up to this long for the one holding it: at Python's default
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     logs.setup(config.log_format, config.log_level)
     logs.event(logging.getLogger("mme"), logging.INFO, "config", **config.describe())
+    limits = Limits.of(config, connections=_raise_file_limit(config.max_connections))
     app = App(config)
 
     class Server(uvicorn.Server):
@@ -45,13 +47,20 @@ def run(args: argparse.Namespace) -> int:
             else:
                 self.should_exit = True
 
+        async def shutdown(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+            # Connections still in the listen backlog would be reset when the socket closes; a request
+            # sent just before SIGTERM is accepted (and answered) first.
+            await asyncio.sleep(ACCEPT_BACKLOG_S)
+            await super().shutdown(sockets)
+
     server = Server(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
             loop="uvloop",
-            http=Protocol,  # httptools, each response in one write
+            http=protocol_class(limits),  # httptools, one write per response, bounded
+            timeout_keep_alive=config.keep_alive,
             lifespan="on",
             access_log=False,  # serve.logs writes the access lines
             # No proxy sits in front of a SageMaker container; the middleware cost every request.
@@ -59,8 +68,29 @@ def run(args: argparse.Namespace) -> int:
             server_header=False,
             log_config=None,  # uvicorn's loggers propagate to the handler logs.setup installed
             log_level=config.log_level,
-            timeout_graceful_shutdown=config.timeout_s,  # typed int, but a float works: it is a wait_for
+            timeout_graceful_shutdown=config.drain_timeout,  # typed int, but a float works: a wait_for
         )
     )
     server.run()
     return 0 if server.started else 1
+
+
+# How long a drain keeps accepting before it closes the listening socket.
+ACCEPT_BACKLOG_S = 0.25
+# Descriptors beyond the connection cap: model files, the disk cache, S3 connections, logs.
+SPARE_FILES = 256
+
+
+def _raise_file_limit(connections: int) -> int:
+    """Make room for --max-connections open sockets (the soft descriptor limit is often 1024); returns
+    the connection cap that fits, lower than asked when the hard limit is."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < want:
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft == resource.RLIM_INFINITY:
+        return connections
+    return max(1, min(connections, soft - SPARE_FILES))
