@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import baseline, floors, loadgen, machine, models, profile, report, targets, w5, workloads
+from bench import baseline, floors, loadgen, loads, machine, models, profile, report, targets, w5, workloads
 from bench.results import Row, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,8 @@ STEPS: list[tuple[str, Callable[[workloads.Bench], list[Row]]]] = [
     ("W2 cold load", workloads.w2),
     ("W3 residency", workloads.w3),
     ("W5 MME workload", w5.w5),
+    ("model loads", loads.load_rows),
+    ("load storm", loads.storm_rows),
 ]
 
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a reduced set in under 3 minutes (not for CI)")
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only")
     parser.add_argument("--profile", action="store_true", help="only profile our W1 path with py-spy")
+    parser.add_argument("--only", action="append", help="run only this step (repeatable), e.g. 'load storm'")
     parser.add_argument(
         "--out",
         type=Path,
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     for title, step in STEPS:
+        if args.only and title not in args.only:
+            continue
         print(f"bench: {title} ...", flush=True)
         step_started = time.monotonic()
         rows.extend(step(bench))

@@ -53,14 +53,26 @@ def ensure_wrk() -> str | None:
 
 
 def run_wrk(
-    wrk: str, url: str, path: str, body: bytes, concurrency: int, seconds: float, target: str = ""
+    wrk: str,
+    url: str,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    target: str = "",
+    trace: list[str] | None = None,
 ) -> LoadResult:
-    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+    """wrk's run; with `trace`, each request's target model is the trace's next name (see wrk.lua)."""
+    with tempfile.NamedTemporaryFile(suffix=".body") as f, tempfile.NamedTemporaryFile("w") as names:
         f.write(body)
         f.flush()
         threads = min(concurrency, 2)
+        if trace is not None:
+            names.write("\n".join(trace) + "\n")
+            names.flush()
+            target = f"@{names.name}"
         cmd = [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s"]
-        cmd += ["-s", str(WRK_SCRIPT), url, "--", path, f.name, "text/csv", target]
+        cmd += ["-s", str(WRK_SCRIPT), url, "--", path, f.name, "text/csv", target, str(threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("{"))
     data = json.loads(line)

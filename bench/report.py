@@ -28,9 +28,15 @@ METHOD = """\
 - **Models:** one 25-tree city model (`mme train --locations Chicago_IL`, 4 seeds) hard-linked under
   10,000 names: `NAME/xgboost-model` folders for `POST /models`, `NAME.tar.gz` for the local endpoint.
 - **Load:** W1 and the floors use the load generator named above (wrk: a Lua script sends the POST body and
-  headers, its `done()` hook prints wrk's own percentiles); W5 needs a decision per request (the next
-  trace entry, and for the baseline the platform's load/unload), so both sides use the bench's asyncio
-  HTTP/1.1 client there. W2-W4 are sequential single requests.
+  headers, its `done()` hook prints wrk's own percentiles). In W5 our side runs under wrk too, the Lua
+  script following the Zipf trace (thread k of T sends entries k, k+T, ...); the baseline needs a
+  decision per request (the platform's load/unload), so it uses the bench's asyncio HTTP/1.1 client.
+  W2-W4 are sequential single requests.
+- **Model loads** are timed in the bench's own process, one at a time, as the local endpoint does them:
+  a first load unpacks a `.tar.gz` and compiles (read, walker, check against XGBoost, write the compiled
+  form); a re-miss reads the compiled form back. **Hits during a load storm:** wrk sends one hot model's
+  requests (concurrency 4), alone and then while four client threads invoke other models in turn
+  through a cache of 8, so that every one of theirs is a miss.
 - **Memory** is the PSS of every process in the server's session (MMS's Java frontend and its per-model
   Python workers included): shared pages are counted once, unlike summed RSS.
 - **W3 baseline:** MMS starts a Python worker per model; it stops at its cap of models or when the machine
@@ -143,6 +149,8 @@ def write_chart(path: Path, rows: list[Row]) -> None:
         )
         if group
     ]
+    if not groups:  # no baseline in this run (--no-baseline): nothing to pair
+        return
     heights = [len(group) for _, group in groups]
     fig, axes = plt.subplots(
         len(groups), 1, figsize=(11, 0.55 * sum(heights) + 2), height_ratios=heights, squeeze=False

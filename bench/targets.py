@@ -56,6 +56,7 @@ def evaluate(rows: list[Row]) -> list[Target]:
         )
     targets.append(_residency(row("w3.10000.pss_mib"), row("w3.10000.failures")))
     targets.extend(_w5(row))
+    targets.extend(_loads(row))
     return targets
 
 
@@ -96,6 +97,31 @@ def _w5(row) -> list[Target]:
                 f"{peak.ours / budget.ours * 100:.0f}% of the budget",
             )
         )
+    rps, w1 = row("w5.rps"), row("w1.rps16")
+    if rps and w1 and rps.ours and w1.ours:
+        share = rps.ours / w1.ours
+        out.append(
+            Target(
+                "W5 throughput",
+                "≥ 50% of our own W1 req/s (concurrency 16) in the same run",
+                f"{rps.ours:,.0f} vs W1 {w1.ours:,.0f} req/s",
+                share >= 0.5,
+                f"{share:.0%} of W1",
+            )
+        )
+    for key, limit in (("p50", 2.0), ("p99", 25.0)):
+        latency = row(f"w5.{key}")
+        if latency and latency.ours is not None:
+            met = latency.ours <= limit
+            out.append(
+                Target(
+                    f"W5 {key}",
+                    f"≤ {limit:g} ms",
+                    f"{latency.ours:.2f} ms",
+                    met,
+                    f"{latency.ours / limit:.0%} of it",
+                )
+            )
     if hit and lru and lru.ours is not None:
         if hit.ours is None or math.isnan(hit.ours):
             out.append(
@@ -114,6 +140,34 @@ def _w5(row) -> list[Target]:
                     f"{gap:+.1f} points",
                 )
             )
+    return out
+
+
+def _loads(row) -> list[Target]:
+    out = []
+    for key, name, limit in (("load.remiss_cpu", "Re-miss CPU", 0.3), ("load.first", "First load", 3.0)):
+        r = row(key)
+        if r and r.ours is not None:
+            out.append(
+                Target(
+                    name,
+                    f"≤ {limit:g} ms",
+                    f"{r.ours:.2f} ms",
+                    r.ours <= limit,
+                    f"{r.ours / limit:.0%} of it",
+                )
+            )
+    r = row("storm.ratio")
+    if r and r.ours is not None:
+        out.append(
+            Target(
+                "Hits during loads",
+                "hot p99 during a load storm ≤ 2× without",
+                f"{r.ours:.2f}×",
+                r.ours <= 2,
+                "",
+            )
+        )
     return out
 
 

@@ -102,9 +102,15 @@ def w5(bench: Bench) -> list[Row]:
             return status == 200
 
         with PeakMemory(server) as memory:
-            load = asyncio.run(
-                loadgen.drive(server.url, call, CONCURRENCY, scale.w5_seconds, len(ours_trace))
-            )
+            if bench.wrk:
+                names = [bench.models.target(i) for i in ours_trace]
+                load = loadgen.run_wrk(
+                    bench.wrk, server.url, "/invocations", ROW, CONCURRENCY, scale.w5_seconds, trace=names
+                )
+            else:
+                load = asyncio.run(
+                    loadgen.drive(server.url, call, CONCURRENCY, scale.w5_seconds, len(ours_trace))
+                )
         after = _cache_counts(client)
         hit_ratio = float("nan")
         if before is not None and after is not None:
@@ -122,7 +128,8 @@ def w5(bench: Bench) -> list[Row]:
     if bench.mms_python is not None:
         results["baseline"] = _w5_baseline(bench)
     statuses = ", ".join(f"{count} × {status}" for status, count in sorted(failed.items()) if count)
-    return _w5_rows(bench, results, f"ours: {statuses}" if statuses else "")
+    tool = "wrk, bench/wrk.lua following the trace" if load.tool == "wrk" else "the bench's asyncio client"
+    return _w5_rows(bench, results, f"ours: {statuses}" if statuses else "", f"ours: {tool}")
 
 
 def _w5_numbers(load: LoadResult, hit_ratio: float, lru: float, peak: int, idle: int) -> dict[str, float]:
@@ -166,16 +173,16 @@ def _w5_baseline(bench: Bench) -> dict[str, float]:
     return numbers
 
 
-def _w5_rows(bench: Bench, results: dict[str, dict[str, float]], errors_note: str) -> list[Row]:
+def _w5_rows(bench: Bench, results: dict[str, dict[str, float]], errors_note: str, tool: str) -> list[Row]:
     scale = bench.scale
     base = results.get("baseline")
     name = f"W5 MME, {scale.w5_models:,} models, cache {scale.w5_cache:,}"
-    note = ""
+    note = tool
     if base:
         # The baseline ran smaller (what it survives): the name says so wherever the row is shown.
         name = f"W5 MME, ours {scale.w5_models:,} models / cache {scale.w5_cache:,}"
         name += f", baseline {int(base['models']):,} / {int(base['cache']):,}"
-        note = "baseline at the largest scale it survived in W3"
+        note = f"{tool}; baseline at the largest scale it survived in W3"
     rows = []
     for key, metric, unit, higher in (
         ("rps", "req/s, Zipf s=1.1, concurrency 16", "req/s", True),

@@ -1,20 +1,49 @@
--- One fixed request (method, path, body file, content type, optional target model) for every
--- connection; done() prints one JSON line with wrk's own counts and latency percentiles (µs).
-local req
+-- POST requests (path, body file, content type) from every connection, each naming the target model in
+-- args[4]: one name, or "@FILE", a trace of names (one a line) the requests follow. Then args[5] is wrk's
+-- thread count T and thread k takes entries k, k+T, k+2T, ...: the threads' requests interleave close to
+-- the trace's order.
+-- done() prints one JSON line with wrk's own counts and latency percentiles (µs).
+local counter = 0
+
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+
+local req, trace, path, headers, body, step, at
 
 function init(args)
+  path = args[1]
   local f = assert(io.open(args[2], "rb"))
-  local body = f:read("*a")
+  body = f:read("*a")
   f:close()
-  local headers = { ["Content-Type"] = args[3] }
-  if args[4] and args[4] ~= "" then
-    headers["X-Amzn-SageMaker-Target-Model"] = args[4]
+  headers = { ["Content-Type"] = args[3] }
+  local target = args[4] or ""
+  if target:sub(1, 1) == "@" then
+    trace = {}
+    for line in io.lines(target:sub(2)) do
+      trace[#trace + 1] = line
+    end
+    step = tonumber(args[5]) -- the thread count: each thread has a Lua state of its own
+    at = id + 1
+  else
+    if target ~= "" then
+      headers["X-Amzn-SageMaker-Target-Model"] = target
+    end
+    req = wrk.format("POST", path, headers, body)
   end
-  req = wrk.format("POST", args[1], headers, body)
 end
 
 function request()
-  return req
+  if not trace then
+    return req
+  end
+  headers["X-Amzn-SageMaker-Target-Model"] = trace[at]
+  at = at + step
+  if at > #trace then
+    at = id + 1
+  end
+  return wrk.format("POST", path, headers, body)
 end
 
 function done(summary, latency, requests)

@@ -9,9 +9,12 @@ than the usual signature.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from handler import codecs, outputs, treewalk, user_code
+from handler import codecs, compiled, outputs, treewalk, user_code
 from handler import xgboost as defaults
 from handler.errors import HandlerError, ModelLoadError
 from handler.forest import Forest, ModelLimits
@@ -41,6 +44,12 @@ _PARAMETERS = {
 Step = Callable[[Any, Any, "Context"], Any]
 # Content types the default input_fn reads as CSV without parameters: a one-row body may take the fast path.
 _PLAIN_CSV = (None, "text/csv")
+
+
+class ModelFilesGone(HandlerError):
+    """A walked model's file, needed for its Booster, is no longer the one it was loaded from."""
+
+    status = 503  # the server's own state: reloading the model (a retry after revalidation) mends it
 
 
 @dataclass
@@ -101,6 +110,12 @@ class LoadedModel:
         """predict_fn on rows as the default input_fn reads them (a V2 protocol request's tensor)."""
         return self._predict(rows, self._model, context)
 
+    def booster(self) -> Any:
+        """The model as its predict_fn sees it: for a walked model, its Booster, built now if need be."""
+        if self._model is None and isinstance(self._predict, WalkingPredict):
+            return self._predict.booster()
+        return self._model
+
     def on_growth(self, reserve: Callable[[int], bool]) -> None:
         """Have the model ask `reserve(nbytes)` before taking memory beyond size_bytes (a hot model's
         generated code); it goes without when the answer is no."""
@@ -116,37 +131,49 @@ def load_model(
     policy: outputs.Policy = outputs.Policy(),  # noqa: B008 - frozen, so one shared default is safe
     limits: ModelLimits = defaults.DEFAULT_LIMITS,
     ensemble: bool = True,
+    persist: bool = False,
+    compiler: Compiler | None = None,
 ) -> LoadedModel:
-    """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load."""
+    """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load.
+
+    With `persist`, a folder the server owns (the local endpoint's disk cache, one per artifact version),
+    the model's compiled form is kept in it and read back by later loads (see handler/compiled.py); a
+    `compiler` then writes it when it is missing (in a process of its own: see compile_model).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ModelLoadError(f"model folder {model_dir} does not exist")
     user = user_code.load_user_functions(model_dir, allowed=allow_user_code)
-    forest = None
+    walking = None
     if "model_fn" in user:
         model = _user_model(user["model_fn"], model_dir)
-    else:
-        forests = defaults.read_forests(
-            model_dir, allow_pickle=allow_pickle, limits=limits, ensemble=ensemble
-        )
-        raws = [defaults.to_ubjson(one) for one in forests]
-        boosters = [defaults.booster_from_ubjson(raw) for raw in raws]
-        model = boosters[0] if len(boosters) == 1 else boosters
-        forest = forests[0] if len(forests) == 1 else None
-
-    if isinstance(model, xgb.Booster) or "model_fn" not in user:
-        n_features = (model if isinstance(model, xgb.Booster) else model[0]).num_features()
-        if "model_fn" in user:  # a Booster from the user's own code: only the Booster can say its size
+        if isinstance(model, xgb.Booster):  # only the Booster can say its width and size
+            n_features = model.num_features()
             model.set_param({"nthread": 1})
             ubjson_size = _on_a_short_lived_thread(lambda: len(model.save_raw("ubj")))
+            size_bytes = defaults.size_bytes(ubjson_size)
+            if "predict_fn" not in user:
+                size_bytes += treewalk.estimated_nbytes(ubjson_size)  # counted now: the walker may come later
+                walking = WalkingPredict(_OnDemand(lambda: model, 0, model), n_features)
         else:
-            ubjson_size = sum(len(raw) for raw in raws)
-        size_bytes = defaults.size_bytes(ubjson_size)
-        if "predict_fn" not in user:
-            size_bytes += treewalk.estimated_nbytes(ubjson_size)  # counted now: the walker may come later
+            # A user's own model type: its width and size are unknowable, so judge by its files.
+            n_features = None
+            size_bytes = sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file())
     else:
-        n_features = None  # a user's own model type: its width and size are unknowable, so judge by its files
-        size_bytes = sum(path.stat().st_size for path in model_dir.rglob("*") if path.is_file())
+        files = _model_files(model_dir, ensemble)
+        read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
+        if len(files) == 1 and "predict_fn" not in user:
+            key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
+            served = _compiled_model(model_dir, files[0], read, key, persist, compiler)
+            model, walking, n_features, size_bytes, described = served
+        else:
+            forests = [read(path) for path in files]
+            raws = [defaults.to_ubjson(one) for one in forests]
+            boosters = [defaults.booster_from_ubjson(raw) for raw in raws]
+            model = boosters[0] if len(boosters) == 1 else boosters
+            n_features = boosters[0].num_features()
+            size_bytes = defaults.size_bytes(sum(len(raw) for raw in raws))
+            described = forests[0]
 
     # Each step takes (first, second, context), bound here once so invoke does no per-request dispatch.
     if "input_fn" in user:
@@ -157,16 +184,15 @@ def load_model(
     else:
         input_fn = defaults.input_fn
         input_step = lambda body, content_type, context: input_fn(body, content_type, n_features)  # noqa: E731
-    walking = None
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
-    elif isinstance(model, xgb.Booster):
-        predict_step = walking = WalkingPredict(model, forest, n_features)
+    elif walking is not None:
+        predict_step = walking
     elif isinstance(model, list):  # an ensemble: AWS's image's mean or vote, with no walker
         predict_step = _ensemble_step(forests, boosters)
     else:
         predict_step = _plain_predict
-    info = outputs.describe(forests[0] if "model_fn" not in user else model, n_features, model_dir, policy)
+    info = outputs.describe(model if "model_fn" in user else described, n_features, model_dir, policy)
     if "output_fn" in user:
         output_step = _user_output_step(_user_step("output_fn", user["output_fn"]), policy.default_accept)
     else:
@@ -177,6 +203,173 @@ def load_model(
     fast = walking if "input_fn" not in user else None
     default_input = None if "input_fn" in user else info
     return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast, default_input)
+
+
+# What a model served by its walker takes besides the walker's arrays: the Python objects of the model,
+# its steps and its walk (measured with psutil over 200 loads, see tests/test_handler.py).
+_WALKED_MODEL_OVERHEAD = 6 * 1024
+
+
+def _model_files(model_dir: Path, ensemble: bool) -> list[Path]:
+    try:
+        names = [entry.name for entry in model_dir.iterdir() if entry.is_file()]
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model folder {model_dir}: {exc.strerror}") from None
+    chosen = defaults.find_artifacts(names, f"model folder {model_dir.name!r}", ensemble=ensemble)
+    return [model_dir / name for name in chosen]
+
+
+# Compiles (folder, model file) as compile_model does, elsewhere: the caller waits for it.
+Compiler = Callable[[Path, Path], None]
+
+
+def compile_model(folder: Path, model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> None:
+    """Write the compiled form of `model_file` into `folder`, as load_model(persist=True) would, without
+    running the folder's code: what a compiler process does for the server.
+
+    The same bytes compiled with the same options make the same form, so a file seen before (a copy or
+    a hard link under another name) gets the form it got then, without being compiled again.
+    """
+    wanted = compiled.key(model_file, allow_pickle=allow_pickle, limits=limits)
+    try:
+        seen = (hashlib.sha256(model_file.read_bytes()).digest(), allow_pickle, limits)
+    except OSError:
+        seen = None  # read_forest says why, below
+    form = _SEEN.get(seen) if seen is not None else None
+    if form is None:
+        read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
+        form = _compile(model_file, read)[0]
+        if seen is not None:
+            _remember(seen, form)
+    else:
+        _SEEN.move_to_end(seen)
+    if compiled.key(model_file, allow_pickle=allow_pickle, limits=limits) == wanted:  # unchanged meanwhile
+        compiled.write(folder, wanted, form)
+
+
+# Forms compiled by this process by the content they came from, most recently used last, to a bound.
+_SEEN: OrderedDict[tuple[bytes, bool, ModelLimits], compiled.Compiled] = OrderedDict()
+_SEEN_BYTES = 64 << 20
+
+
+def _remember(seen: tuple[bytes, bool, ModelLimits], form: compiled.Compiled) -> None:
+    _SEEN[seen] = form
+    total = sum(_form_bytes(one) for one in _SEEN.values())
+    while total > _SEEN_BYTES and len(_SEEN) > 1:
+        total -= _form_bytes(_SEEN.popitem(last=False)[1])
+
+
+def _form_bytes(form: compiled.Compiled) -> int:
+    return (form.walker.nbytes if form.walker is not None else 0) + len(form.ubjson) + len(form.code)
+
+
+def _compile(model_file: Path, read: Callable[[Path], Forest]) -> tuple[compiled.Compiled, xgb.Booster]:
+    """The compiled form of a model file, and the Booster that checked its walker against XGBoost."""
+    forest = read(model_file)
+    raw = defaults.to_ubjson(forest)
+    booster = defaults.booster_from_ubjson(raw)
+    walker = treewalk.TreeWalker.compile(forest, booster.inplace_predict)
+    kept = b"" if walker else raw
+    return compiled.Compiled(
+        forest.num_feature, forest.objective, forest.num_class, len(raw), walker, ubjson=kept
+    ), booster
+
+
+def _compiled_model(
+    folder: Path,
+    model_file: Path,
+    read: Callable[[Path], Forest],
+    key: Callable[[Path], bytes],
+    persist: bool,
+    compiler: Compiler | None = None,
+) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int, Forest]:
+    """(Booster, walking step, width, size, outline) of a one-file model, from its compiled form: read
+    back from `folder` when persisted there for this very file, else compiled (and then persisted). The
+    outline is a Forest of no trees with the model's objective and classes, for outputs.describe."""
+    wanted = key(model_file)
+    form = compiled.read(folder, wanted) if persist else None
+    if form is None and persist and compiler is not None:
+        compiler(folder, model_file)
+        form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here
+    booster = None
+    if form is None:
+        form, booster = _compile(model_file, read)
+        if persist:
+            compiled.write(folder, wanted, form)
+    outline = Forest("gbtree", form.objective, {}, np.zeros(1, np.float32), form.width, form.num_class)
+    if form.walker is None:  # XGBoost serves every request: its Booster is the model
+        booster = booster or defaults.booster_from_ubjson(form.ubjson)
+        return booster, None, form.width, defaults.size_bytes(form.ubjson_size), outline
+
+    def build() -> xgb.Booster:
+        try:
+            current = key(model_file)
+        except OSError:
+            current = None
+        if current != wanted:
+            raise ModelFilesGone(f"{model_file.name} changed or left the disk since the model was loaded")
+        return defaults.booster_from_ubjson(defaults.to_ubjson(read(model_file)))
+
+    # The Booster that checked the walker is dropped here, on the thread that used it (see
+    # _on_a_short_lived_thread): requests that need XGBoost build their own when they come.
+    store = _CodeStore(folder, wanted, form) if persist else None
+    on_demand = _OnDemand(build, defaults.size_bytes(form.ubjson_size))
+    walking = WalkingPredict(on_demand, form.width, form.walker, store)
+    return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes, outline
+
+
+class _CodeStore:
+    """A hot model's generated code in its compiled form on disk: read back by a later load of the
+    same file instead of being generated (and checked against XGBoost) again."""
+
+    __slots__ = ("_folder", "_key", "_form")
+
+    def __init__(self, folder: Path, key: bytes, form: compiled.Compiled) -> None:
+        self._folder = folder
+        self._key = key
+        self._form = form
+
+    def load(self, nodes: int) -> treewalk.TreeCode | None:
+        form = compiled.read(self._folder, self._key)
+        if form is None or not form.code:
+            return None
+        try:
+            return treewalk.TreeCode.from_marshal(form.code, nodes)
+        except (ValueError, EOFError, TypeError):
+            return None
+
+    def save(self, code: treewalk.TreeCode) -> None:
+        compiled.write(self._folder, self._key, self._form.with_code(code.to_marshal()))
+
+
+class _OnDemand:
+    """A model's Booster, built by the first request that needs XGBoost (a batch, a DMatrix) and kept
+    if the cache grants its memory; without that grant, built for that request only."""
+
+    __slots__ = ("_build", "_booster", "_lock", "nbytes")
+
+    def __init__(self, build: Callable[[], xgb.Booster], nbytes: int, booster: xgb.Booster | None = None):
+        self._build = build
+        self._booster = booster
+        self._lock = threading.Lock()
+        self.nbytes = nbytes
+
+    def get(self, reserve: Callable[[int], bool] | None) -> xgb.Booster:
+        booster = self._booster
+        if booster is not None:
+            return booster
+        with self._lock:
+            if self._booster is not None:
+                return self._booster
+            if reserve is not None and not reserve(self.nbytes):
+                return self._build()
+            self._booster = self._build()
+            return self._booster
+
+    def reference(self) -> treewalk.Reference:
+        """XGBoost's batch prediction of the model, to check generated code against: the resident
+        Booster's, or one built for the check (and freed with it, on the checking thread)."""
+        return (self._booster or self._build()).inplace_predict
 
 
 def _on_a_short_lived_thread(work: Callable[[], Any]) -> Any:
@@ -206,30 +399,39 @@ def _plain_predict(data: Any, model: Any, context: Context) -> Any:
 
 
 class WalkingPredict:
-    """The default predict step of a Booster: XGBoost at first; then, for small requests, a tree walker
-    once the model is used (its WARM_AFTER-th call), and generated code once it is in heavy use
-    (HOT_AFTER calls). With the code, a one-row CSV request may skip numpy altogether (csv_row).
+    """The default predict step of a one-Booster model: a tree walker for small requests and XGBoost
+    for the rest; generated code once the model is in heavy use (HOT_AFTER calls). With the code, a
+    one-row CSV request may skip numpy altogether (csv_row).
 
-    Each is built beside the request path on a thread of its own: a walker costs a few times what
-    loading the model does, and is counted in its size from the load on; the code takes several times
-    the walker's memory, so it is built only if `reserve(nbytes)` grants that memory.
+    A model read by the project's own readers comes with its walker (its compiled form); a user's
+    model_fn Booster gets one at its WARM_AFTER-th call, built from XGBoost's dump. Builds run beside
+    the request path on a thread of their own; the code takes several times the walker's memory, so it
+    is kept only if `reserve(nbytes)` grants that memory.
     """
 
     WARM_AFTER = 2
     HOT_AFTER = 256
-    __slots__ = ("_booster", "_forest", "_width", "_calls", "_due", "_walker", "_walk", "_walk_row",
+    __slots__ = ("_booster", "_width", "_store", "_calls", "_due", "_walker", "_walk", "_walk_row",
                  "walker_built", "code_built", "reserve")  # fmt: skip
 
-    def __init__(self, booster: xgb.Booster, forest: Forest | None, width: int) -> None:
+    def __init__(
+        self,
+        booster: _OnDemand,
+        width: int,
+        walker: treewalk.TreeWalker | None = None,
+        store: _CodeStore | None = None,
+    ) -> None:
         self._booster = booster
-        self._forest = forest  # None for a user's model_fn Booster: the walk is built from XGBoost's dump
         self._width = width  # the model's feature count
+        self._store = store  # where the generated code is kept between loads, if anywhere
         self._calls = 0
-        self._due = self.WARM_AFTER  # the call count at which the next build starts
-        self._walker: treewalk.TreeWalker | None = None
-        self._walk: Callable[[np.ndarray], np.ndarray] | None = None
+        self._due = self.WARM_AFTER if walker is None else self.HOT_AFTER  # when the next build starts
+        self._walker = walker
+        self._walk: Callable[[np.ndarray], np.ndarray] | None = None if walker is None else walker.predict
         self._walk_row: Callable[[list[float]], np.ndarray] | None = None
         self.walker_built = threading.Event()  # set once tried, whether a walker came of it or not
+        if walker is not None:
+            self.walker_built.set()
         self.code_built = threading.Event()
         self.reserve: Callable[[int], bool] | None = None
 
@@ -242,7 +444,10 @@ class WalkingPredict:
         # A real-time request is a row or a few: walking them beats XGBoost's fixed per-call cost.
         if walk is not None and type(data) is np.ndarray and len(data) <= treewalk.MAX_ROWS:
             return walk(data)
-        return defaults.predict_fn(data, model)
+        return defaults.predict_fn(data, self.booster())
+
+    def booster(self) -> xgb.Booster:
+        return self._booster.get(self.reserve)
 
     def csv_row(self, body: bytes) -> np.ndarray | None:
         """What input_fn then this step would predict for a one-row CSV body, once the model has its
@@ -256,9 +461,9 @@ class WalkingPredict:
     def _build(self) -> None:
         if self._walker is None:
             try:
-                forest = self._forest or defaults.forest_of(self._booster)
-                self._forest = None  # the walker holds what it needs; the rest is given back
-                self._walker = treewalk.TreeWalker.compile(forest, self._booster.inplace_predict)
+                booster = self.booster()
+                forest = defaults.forest_of(booster)
+                self._walker = treewalk.TreeWalker.compile(forest, booster.inplace_predict)
                 if self._walker is not None:
                     self._walk = self._walker.predict
                     self._due = self.HOT_AFTER
@@ -266,7 +471,12 @@ class WalkingPredict:
                 self.walker_built.set()
             return
         try:
-            code = self._walker.to_code(self._booster.inplace_predict)
+            store = self._store
+            code = None if store is None else store.load(self._walker.nodes)
+            if code is None:
+                code = self._walker.to_code(self._booster.reference())
+                if code is not None and store is not None:
+                    store.save(code)
             if code is not None and (self.reserve is None or self.reserve(code.nbytes)):
                 self._walk = code.predict
                 self._walk_row = code.predict_row

@@ -15,6 +15,8 @@ predictions differ from XGBoost's by a single bit, is left to XGBoost.
 from __future__ import annotations
 
 import array
+import marshal
+import types
 from collections.abc import Callable
 
 import numpy as np
@@ -86,6 +88,46 @@ class TreeWalker:
         if walker is None or not walker._agrees_with(reference):
             return None
         return walker
+
+    def arrays(self) -> tuple[array.array, ...]:
+        """roots, feature, threshold, left, right, missing: what from_arrays takes back."""
+        return self._roots, self._feature, self._threshold, self._left, self._right, self._missing
+
+    @property
+    def base(self) -> float:
+        return self._base
+
+    @classmethod
+    def from_arrays(cls, base: float, width: int, arrays: tuple[array.array, ...]) -> TreeWalker:
+        """A walker of arrays read back from elsewhere (a file), checked as forest.build checks a model:
+        ValueError unless every index is in range and every walk ends (a child's index is above its
+        parent's, as from_forest lays trees out)."""
+        roots, feature, threshold, left, right, missing = arrays
+        n = len(feature)
+        codes = [(a.typecode, a.itemsize) for a in arrays]
+        if codes != [("i", 4), ("i", 4), ("f", 4), ("i", 4), ("i", 4), ("i", 4)]:
+            raise ValueError("walker arrays of the wrong types")
+        if not n or not len(roots) or any(len(a) != n for a in (threshold, left, right, missing)):
+            raise ValueError("walker arrays of different lengths (or none)")
+        if width <= 0:
+            raise ValueError(f"walker width {width}")
+        starts = np.frombuffer(roots, dtype=np.int32).astype(np.int64)
+        if starts[0] != 0 or (len(starts) > 1 and not (np.diff(starts) > 0).all()) or starts[-1] >= n:
+            raise ValueError("walker roots out of order or range")
+        f = np.frombuffer(feature, dtype=np.int32)
+        inner = f >= 0
+        if (f < -1).any() or (inner.any() and f[inner].max() >= width):
+            raise ValueError("walker splits on a feature outside the model's width")
+        index = np.arange(n)
+        # Each tree's nodes run from its root to the next root: a child stays within its own tree.
+        end = np.repeat(np.append(starts[1:], n), np.diff(np.append(starts, n)))
+        lo, hi, default = (np.frombuffer(side, dtype=np.int32)[inner] for side in (left, right, missing))
+        for child in (lo, hi):
+            if len(child) and not ((child > index[inner]).all() and (child < end[inner]).all()):
+                raise ValueError("walker child index out of its tree")
+        if not ((default == lo) | (default == hi)).all():
+            raise ValueError("walker default direction is neither child")
+        return cls(base, width, roots, feature, threshold, left, right, missing)
 
     @classmethod
     def from_forest(cls, forest: Forest) -> TreeWalker | None:
@@ -208,6 +250,20 @@ class TreeCode:
     def __init__(self, walk, nbytes: int) -> None:
         self._walk = walk
         self.nbytes = nbytes
+
+    def to_marshal(self) -> bytes:
+        """The function's code object as bytes: loading them back costs ~1/100 of generating it anew."""
+        return marshal.dumps(self._walk.__code__)
+
+    @classmethod
+    def from_marshal(cls, data: bytes, nodes: int) -> TreeCode:
+        """to_marshal's output back (for this Python only: marshal's format is per version); ValueError
+        if it is not such a function."""
+        code = marshal.loads(data)
+        if not isinstance(code, types.CodeType) or code.co_name != "walk" or code.co_argcount != 3:
+            raise ValueError("not a tree code function")
+        # The generated function reads no globals: an empty namespace is all it needs.
+        return cls(types.FunctionType(code, {}), CODE_NBYTES_PER_NODE * nodes)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         out = array.array("f", bytes(4 * len(rows)))

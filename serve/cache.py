@@ -327,7 +327,11 @@ class ModelCache:
     def grow_from_thread(
         self, loop: asyncio.AbstractEventLoop, name: str, model: weakref.ref[Any], nbytes: int
     ) -> bool:
-        """grow() for a model's own background thread: the bookkeeping lives on the event loop."""
+        """grow() for a model's own background thread: the bookkeeping lives on the event loop. Called on
+        the loop itself (a request that needs more of its model), it is grow() at once."""
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:
+                return self.grow(name, model(), nbytes)
 
         async def ask() -> bool:
             return self.grow(name, model(), nbytes)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from handler.model import load_model
 from serve.cache import Entry, Loaded, ModelCache
+from serve.compiler import Compiler
 from serve.config import ServerConfig
 from serve.diskcache import DiskCache
 from serve.source import ModelNotFound, ModelSource, SourceUnavailable, validate_name
@@ -40,6 +41,7 @@ class LocalEndpoint:
         self.pool = pool
         self.source = source
         self.disk = disk
+        self.compiler = Compiler(allow_pickle=config.allow_pickle, limits=config.model_limits)
 
     async def ensure(self, name: str) -> None:
         """Make `name` resident and current; raise ModelNotReady if that takes over the ready timeout."""
@@ -94,6 +96,8 @@ class LocalEndpoint:
                     allow_user_code=config.allow_user_code,
                     limits=config.model_limits,
                     ensemble=config.ensemble,
+                    persist=True,  # the folder is this server's own, one per artifact version
+                    compiler=self.compiler,
                 )
             return Loaded(model, model.size_bytes, version, fetch_seconds=fetched)
 

@@ -78,7 +78,7 @@ def test_loads_each_artifact_format(
 
 def test_loads_the_fixture_artifact_and_sets_one_thread(make_model_dir) -> None:
     loaded = load_model(make_model_dir(seed=5))
-    config = json.loads(loaded._model.save_config())
+    config = json.loads(loaded.booster().save_config())
     assert config["learner"]["generic_param"]["nthread"] == "1"
 
 
@@ -184,7 +184,7 @@ def test_invoke_one_csv_row(make_model_dir) -> None:
     loaded = load_model(make_model_dir(seed=0))
     body, content_type = loaded.invoke(ROW, "text/csv", "application/json", CONTEXT)
     assert content_type == "application/json"
-    assert json.loads(body) == pytest.approx(expected(loaded._model))
+    assert json.loads(body) == pytest.approx(expected(loaded.booster()))
 
 
 @pytest.mark.parametrize(
@@ -202,7 +202,7 @@ def test_invoke_one_csv_row(make_model_dir) -> None:
 def test_every_content_type_both_ways(make_model_dir, content_type: str, body: bytes, accept: str) -> None:
     loaded = load_model(make_model_dir(seed=1))
     response, response_type = loaded.invoke(body, content_type, accept, CONTEXT)
-    value = expected(loaded._model)[0]
+    value = expected(loaded.booster())[0]
     if accept == "application/json":
         assert json.loads(response) == pytest.approx([value, value])
     else:

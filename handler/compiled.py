@@ -1,0 +1,134 @@
+"""A model's compiled form: what serving it needs, in one versioned, checksummed file beside the artifact.
+
+Compiling a model (reading its file, checking the tree walker against XGBoost, generating its code)
+costs milliseconds of the GIL; reading the result back costs a file read and a few array copies. So a
+model is compiled once per artifact version and a later load of the same file (a model evicted and
+wanted again) reads `.mme-compiled` instead.
+
+The file is never trusted blindly: its key must be that of the model file as it is now (name, size,
+mtime, inode), of the loading options and of this XGBoost and Python; its payload must match its
+checksum; and the walker's arrays are checked as forest.build checks a model. Anything else reads as
+absent, and the model is compiled again.
+
+Layout (little-endian): header `MMEC`, format version, 32-byte key, payload length, CRC-32 of the
+payload; payload: width, classes, base, UBJSON size, the sections' lengths, then the objective, roots,
+feature, threshold, left, right, missing (int32/float32), the generated code (marshal), the model's
+UBJSON (only for models the walker does not serve, which XGBoost then loads without the model file
+being read again).
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+import struct
+import sys
+import uuid
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import xgboost as xgb
+
+from handler.forest import ModelLimits
+from handler.treewalk import TreeWalker
+
+FILE_NAME = ".mme-compiled"
+MAGIC = b"MMEC"
+FORMAT = 1
+_HEADER = struct.Struct("<4sI32sQI")
+# width, classes, base, UBJSON size, roots, nodes, objective, code and UBJSON bytes
+_META = struct.Struct("<iidQQQQQQ")
+_TYPECODES = ("i", "i", "f", "i", "i", "i")  # roots, feature, threshold, left, right, missing
+
+
+@dataclass(frozen=True)
+class Compiled:
+    width: int  # the model's feature count
+    objective: str  # for the responses (handler/outputs.py)
+    num_class: int
+    ubjson_size: int  # of the validated model XGBoost loads: what its Booster's memory is estimated from
+    walker: TreeWalker | None  # None: the walker cannot reproduce this model, XGBoost serves it
+    code: bytes = b""  # TreeCode.to_marshal() of the walker, once a hot model had it generated
+    ubjson: bytes = b""  # the validated model for XGBoost, kept only when there is no walker
+
+    def with_code(self, code: bytes) -> Compiled:
+        return replace(self, code=code)
+
+
+def key(model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> bytes:
+    """What the compiled form of `model_file`, loaded with these options, is valid for."""
+    stat = model_file.stat()
+    parts = (FORMAT, xgb.__version__, sys.implementation.cache_tag, sys.byteorder, allow_pickle, limits,
+             model_file.name, stat.st_size, stat.st_mtime_ns, stat.st_ino)  # fmt: skip
+    return hashlib.sha256(repr(parts).encode()).digest()
+
+
+def read(folder: Path, wanted: bytes) -> Compiled | None:
+    """The compiled form in `folder` if it is intact and keyed `wanted`; None otherwise."""
+    try:
+        data = (folder / FILE_NAME).read_bytes()
+    except OSError:
+        return None
+    try:
+        return _parse(data, wanted)
+    except (ValueError, struct.error, EOFError, TypeError):  # UnicodeDecodeError is a ValueError
+        return None  # damaged, truncated or of another build: compiled again, never served
+
+
+def write(folder: Path, wanted: bytes, compiled: Compiled) -> bool:
+    """Store `compiled` in `folder` under key `wanted`, whole or not at all; False if the folder refuses."""
+    payload = _payload(compiled)
+    header = _HEADER.pack(MAGIC, FORMAT, wanted, len(payload), zlib.crc32(payload))
+    temporary = folder / f"{FILE_NAME}.{uuid.uuid4().hex}"
+    try:
+        with temporary.open("wb") as file:
+            file.write(header)
+            file.write(payload)
+        os.replace(temporary, folder / FILE_NAME)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _payload(compiled: Compiled) -> bytes:
+    walker = compiled.walker
+    arrays = walker.arrays() if walker is not None else ()
+    roots = len(arrays[0]) if arrays else 0
+    nodes = len(arrays[1]) if arrays else 0
+    base = walker.base if walker is not None else 0.0
+    objective = compiled.objective.encode()
+    meta = _META.pack(compiled.width, compiled.num_class, base, compiled.ubjson_size, roots, nodes,
+                      len(objective), len(compiled.code), len(compiled.ubjson))  # fmt: skip
+    return b"".join([meta, objective, *(a.tobytes() for a in arrays), compiled.code, compiled.ubjson])
+
+
+def _parse(data: bytes, wanted: bytes) -> Compiled:
+    magic, version, found, length, crc = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != FORMAT or found != wanted:
+        raise ValueError("another model's or format's compiled form")
+    payload = memoryview(data)[_HEADER.size :]
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        raise ValueError("truncated or damaged")
+    width, num_class, base, ubjson_size, roots, nodes, objective_len, code_size, ubjson_len = (
+        _META.unpack_from(payload)
+    )
+    at = _META.size + objective_len
+    objective = bytes(payload[_META.size : at]).decode()
+    walker = None
+    if nodes:
+        arrays = []
+        for typecode, count in zip(_TYPECODES, (roots, *[nodes] * 5), strict=True):
+            values = array.array(typecode)
+            values.frombytes(payload[at : at + 4 * count])
+            at += 4 * count
+            arrays.append(values)
+        walker = TreeWalker.from_arrays(base, width, tuple(arrays))
+    code = bytes(payload[at : at + code_size])
+    at += code_size
+    ubjson = bytes(payload[at : at + ubjson_len])
+    if at + ubjson_len != len(payload) or (walker is None and not ubjson) or (code and walker is None):
+        raise ValueError("sections do not add up")
+    return Compiled(width, objective, num_class, ubjson_size, walker, code, ubjson)
