@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 
 from handler import outputs
 from handler.errors import HandlerError
-from handler.model import Context, LoadedModel, load_model
+from handler.model import Context, LoadedModel, ModelFilesGone, load_model
 from serve import logs, v2
 from serve.cache import CacheError, Entry, Loaded, ModelCache
 from serve.config import ServerConfig
@@ -412,8 +412,14 @@ class App:
                 if name in self.cache:
                     if not resident:
                         self.stats.load_wait.observe(time.perf_counter() - waiting)
-                    with self.cache.lease(name, miss=not resident) as entry:
-                        response = await self._predict(request, entry.model, body, name)
+                    try:
+                        with self.cache.lease(name, miss=not resident) as entry:
+                            response = await self._predict(request, entry.model, body, name)
+                    except ModelFilesGone:
+                        # The disk cache evicted its folder before a request needed its Booster: load again.
+                        if name in self.cache:
+                            await self.cache.unload(name)
+                        continue
                     response.headers.append((b"x-amzn-invoked-production-variant", b"AllTraffic"))
                     return response
             return runtime_error(503, "ServiceUnavailable", f"model {name!r} was evicted as it loaded; retry")

@@ -182,3 +182,26 @@ def test_a_compiler_writes_each_copy_of_the_same_bytes_its_own_valid_form(tmp_pa
         model = load_model(folder, persist=True)
         assert file_id(folder) == written
         assert answer(model) == booster.inplace_predict(X).tolist()
+
+
+def test_a_resident_model_whose_disk_copy_was_evicted_is_reloaded_for_a_batch(
+    start_server, tmp_path, artifact_bytes
+) -> None:
+    """A walked model keeps no Booster; when a batch needs one after the disk cache dropped the model's
+    folder, the request loads the model again instead of failing."""
+    for seed in range(8):
+        (tmp_path / f"m{seed}.tar.gz").write_bytes(artifact_bytes(seed))
+    server = start_server("--models", str(tmp_path), "--disk-budget", "24KiB")
+    rows = np.random.default_rng(1).random((8, 6), dtype=np.float32)
+    one = ",".join(repr(float(v)) for v in rows[0])
+    batch = "\n".join(",".join(repr(float(v)) for v in row) for row in rows)
+
+    def invoke(name: str, body: str) -> httpx.Response:
+        headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Model": name}
+        return httpx.post(f"{server.url}/invocations", content=body, headers=headers, timeout=60)
+
+    for seed in range(8):  # m0 stays resident in memory while the disk cache cycles its folder out
+        assert invoke(f"m{seed}.tar.gz", one).status_code == 200
+    response = invoke("m0.tar.gz", batch)
+    assert response.status_code == 200, response.text
+    assert response.json() == pytest.approx(predict_artifact(artifact_bytes(0), rows), rel=1e-6)
