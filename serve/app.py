@@ -106,8 +106,9 @@ class App:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         # Three pools, so slow work never queues in front of fast work: loads (which an artifact can make
-        # slow), version checks and folder scans (a stat or a HEAD), and large predictions.
-        self.load_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="load")
+        # slow, so each has a thread of its own up to --max-loads), version checks and folder scans (a stat
+        # or a HEAD), and large predictions.
+        self.load_pool = ThreadPoolExecutor(config.max_loads, thread_name_prefix="load")
         self.stat_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="stat")
         self.predict_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="predict")
         self.cache = ModelCache(

@@ -1,10 +1,14 @@
-"""Models compiled in a process of their own, so that the serving process's interpreter stays free.
+"""Models compiled in processes of their own, so that the serving process's interpreter stays free.
 
 Compiling a model (reading its file in Python, checking its walker against XGBoost) holds the GIL for
 milliseconds; done on a load thread, every hit waits behind it. A compiler process writes the compiled
 form into the model's disk cache folder instead, and the server reads it back in a tenth of a
 millisecond (handler/compiled.py). A model's own code/inference.py never runs there: compile_model
 reads only the model file.
+
+A process compiles one model at a time. A compile that finds every process busy for longer than a fast
+compile takes starts one more (up to a cap), so a good model never queues behind slow hostile ones, and a
+compile that outlasts the load deadline has its process killed: the only way to stop work in progress.
 """
 
 from __future__ import annotations
@@ -12,17 +16,24 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-from handler.errors import HandlerError
+from handler import compiled
+from handler.errors import HandlerError, ModelLoadError
 from handler.forest import ModelLimits
 from handler.model import compile_model
 
 # The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
 # compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
 COMPILER_NICENESS = 19
+# A city model compiles in a few milliseconds: a compile still waiting for a process after this long is
+# behind slow work, and gets a process of its own.
+GROW_AFTER_S = 0.1
+# Processes beyond the ones kept warm exit after this long without work.
+RETIRE_AFTER_S = 30.0
 
 
 class CompilerCrashed(HandlerError):
@@ -30,45 +41,147 @@ class CompilerCrashed(HandlerError):
 
 
 def default_processes() -> int:
-    # Half the cores: the serving process and its clients need the rest.
+    # Half the cores kept warm: the serving process and its clients need the rest.
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+class _Process:
+    """One compiler process and the pipe to it."""
+
+    def __init__(self) -> None:
+        # spawn: forking a process that runs threads and an event loop is not safe.
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child,), daemon=True, name="mme-compiler")
+        self.process.start()
+        child.close()
+        self.idle_since = time.monotonic()
+
+    def run(self, job: tuple[Any, ...], deadline: float) -> BaseException | None:
+        """The job's error, or None; TimeoutError past the deadline, EOFError if the process died."""
+        self.conn.send(job)
+        if not self.conn.poll(deadline):
+            raise TimeoutError
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
 class Compiler:
-    def __init__(self, *, allow_pickle: bool, limits: ModelLimits, processes: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        allow_pickle: bool,
+        limits: ModelLimits,
+        deadline: float,
+        max_processes: int,
+        warm: int | None = None,
+    ) -> None:
         self._options = {"allow_pickle": allow_pickle, "limits": limits}
-        self._processes = processes or default_processes()
-        self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._deadline = deadline
+        self._max = max(1, max_processes)
+        self._warm = min(self._max, warm or default_processes())
+        self._ready = threading.Condition()
+        self._idle: list[_Process] = []  # guarded by _ready; most recently used last
+        self._count = 0  # processes alive, busy or idle
+        self._closed = False
         # Started now, so the first cold load does not also wait for a process to import XGBoost.
-        self._current_pool().submit(int)
+        with self._ready:
+            for _ in range(self._warm):
+                self._idle.append(_Process())
+                self._count += 1
 
     def __call__(self, folder: Path, model_file: Path) -> None:
         """Write the compiled form of folder/model_file (ModelLoadError if it is not a model)."""
-        pool = self._current_pool()
+        process = self._acquire()
         try:
-            pool.submit(compile_model, folder, model_file, **self._options).result()
-        except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None  # a fresh one for the next load
+            error = process.run((folder, model_file, self._options), self._deadline)
+        except TimeoutError:
+            self._discard(process)
+            # Killed mid-write, it may have left a temporary file of the compiled form.
+            for leftover in folder.glob(f"{compiled.FILE_NAME}.*"):
+                leftover.unlink(missing_ok=True)
+            raise ModelLoadError(
+                f"compiling {model_file.name} took longer than the {self._deadline:g} s a load may take "
+                "(--load-timeout)"
+            ) from None
+        except (EOFError, OSError):
+            self._discard(process)
             raise CompilerCrashed(f"the process compiling {model_file.name} died; retry") from None
+        self._release(process)
+        if error is not None:
+            raise error
 
-    def _current_pool(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                # spawn: forking a process that runs threads and an event loop is not safe.
-                context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_background)
-            return self._pool
+    def _acquire(self) -> _Process:
+        grow_at = time.monotonic() + GROW_AFTER_S
+        with self._ready:
+            while True:
+                if self._closed:
+                    raise CompilerCrashed("the server is stopping; retry")
+                if self._idle:
+                    return self._idle.pop()
+                wait = grow_at - time.monotonic()
+                if wait <= 0 and self._count < self._max:
+                    self._count += 1
+                    break
+                self._ready.wait(wait if wait > 0 else None)
+        try:
+            return _Process()
+        except BaseException:
+            self._forget()
+            raise
+
+    def _release(self, process: _Process) -> None:
+        now = time.monotonic()
+        with self._ready:
+            if self._closed:
+                retired = [process]
+            else:
+                process.idle_since = now
+                self._idle.append(process)
+                extra = self._idle[: max(0, len(self._idle) - self._warm)]
+                retired = [p for p in extra if now - p.idle_since > RETIRE_AFTER_S]
+                self._idle = [p for p in self._idle if p not in retired]
+                self._ready.notify()
+            self._count -= len(retired)
+        for old in retired:
+            old.stop()
+
+    def _discard(self, process: _Process) -> None:
+        process.stop()
+        self._forget()
+
+    def _forget(self) -> None:
+        with self._ready:
+            self._count -= 1
+            self._ready.notify()  # a waiting compile may start a process in its place
 
     def close(self) -> None:
         """Stop the compiler processes (they also stop with the server)."""
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+        with self._ready:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._ready.notify_all()
+        for process in idle:
+            process.stop()
 
 
-def _background() -> None:
+def _serve(conn: Connection) -> None:
     os.nice(COMPILER_NICENESS)
+    while True:
+        try:
+            folder, model_file, options = conn.recv()
+        except EOFError:  # the server has gone
+            return
+        try:
+            compile_model(folder, model_file, **options)
+        except HandlerError as exc:
+            conn.send(exc)
+        except Exception as exc:  # a bug of ours: said as the server's trouble, the process lives on
+            failure = f"compiling {Path(model_file).name} failed: {type(exc).__name__}: {exc}"
+            conn.send(CompilerCrashed(failure))
+        else:
+            conn.send(None)

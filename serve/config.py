@@ -19,6 +19,7 @@ from handler import codecs, outputs
 from handler.errors import NotAcceptable
 from handler.forest import ModelLimits
 from serve.errors import CommandError
+from serve.unpack import LOAD_TIMEOUT_S
 
 MiB = 1024**2
 # Share of the container's memory that models may take by default; the rest is the server,
@@ -37,6 +38,9 @@ DEFAULT_DRAIN_TIMEOUT = 20.0
 DEFAULT_MAX_UNPACKED = 1024 * MiB  # an artifact's unpacked bytes, tar headers included
 DEFAULT_MAX_MEMBERS = 1000
 DEFAULT_MAX_FOLDER_FILES = 10_000  # files in a POST /models folder
+# Loads running at once, each on a thread (and, compiling, a process) of its own: what slow hostile loads
+# must all hold before a good model's load waits for one.
+DEFAULT_MAX_LOADS = 8
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": MiB, "mb": 10**6, "mib": MiB}
 _UNITS |= {"g": 1024**3, "gb": 10**9, "gib": 1024**3, "t": 1024**4, "tb": 10**12, "tib": 1024**4}
 
@@ -107,6 +111,8 @@ class ServerConfig:
     max_unpacked: int = DEFAULT_MAX_UNPACKED
     max_members: int = DEFAULT_MAX_MEMBERS
     max_folder_files: int = DEFAULT_MAX_FOLDER_FILES
+    max_loads: int = DEFAULT_MAX_LOADS
+    load_timeout: float = LOAD_TIMEOUT_S
     model_limits: ModelLimits = field(default_factory=ModelLimits)
     ensemble: bool = True  # several model files in one artifact are averaged (or voted), as AWS's image does
 
@@ -123,7 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", help="address to bind (env MME_HOST; default 127.0.0.1, the image sets 0.0.0.0)")
     add("--port", type=int, help="port (env SAGEMAKER_BIND_TO_PORT; default 8080)")
-    add("--workers", type=int, help="threads for predictions and loads (env SAGEMAKER_MODEL_SERVER_WORKERS)")
+    add(
+        "--workers",
+        type=int,
+        help="threads for large predictions and version checks (env SAGEMAKER_MODEL_SERVER_WORKERS)",
+    )
     add("--timeout", type=float, help="seconds per request (env SAGEMAKER_MODEL_SERVER_TIMEOUT[_SECONDS])")
     add("--model-root", help="loads are confined to this folder (default /opt/ml/models)")
     add("--model-dir", help="single-model mode: the model folder (default /opt/ml/model)")
@@ -179,6 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-unpacked", help="bytes an artifact may unpack to, headers included (env MME_MAX_UNPACKED)")
     add("--max-members", type=int, help="members of an artifact's tar (env MME_MAX_MEMBERS; 1000)")
     add("--max-folder-files", type=int, help="files in a POST /models folder (env MME_MAX_FOLDER_FILES)")
+    add("--max-loads", type=int, help="model loads running at once (env MME_MAX_LOADS; 8)")
+    add(
+        "--load-timeout",
+        type=float,
+        help="seconds an artifact may take to unpack, and to compile (env MME_LOAD_TIMEOUT; 120)",
+    )
 
 
 def _preload_names(spec: str | None) -> tuple[str, ...]:
@@ -302,6 +318,8 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> 
         max_folder_files=convert(
             "max_folder_files", ("MME_MAX_FOLDER_FILES",), positive_int, DEFAULT_MAX_FOLDER_FILES
         ),
+        max_loads=convert("max_loads", ("MME_MAX_LOADS",), positive_int, DEFAULT_MAX_LOADS),
+        load_timeout=convert("load_timeout", ("MME_LOAD_TIMEOUT",), seconds, LOAD_TIMEOUT_S),
         model_limits=ModelLimits(
             max_trees=convert("max_trees", ("MME_MAX_TREES",), positive_int, ModelLimits.max_trees),
             max_nodes=convert("max_nodes", ("MME_MAX_NODES",), positive_int, ModelLimits.max_nodes),

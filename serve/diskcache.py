@@ -28,7 +28,7 @@ from serve.source import (
     Version,
     validate_name,
 )
-from serve.unpack import MAX_MEMBERS, MAX_UNPACKED_BYTES, open_archive
+from serve.unpack import LOAD_TIMEOUT_S, MAX_MEMBERS, MAX_UNPACKED_BYTES, open_archive
 
 MARKER = ".mme-disk-cache"
 # How long a load waits for disk room that loads in flight hold, before a retryable 503.
@@ -51,12 +51,14 @@ class DiskCache:
         *,
         max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
         max_members: int = MAX_MEMBERS,
+        unpack_timeout: float = LOAD_TIMEOUT_S,
     ) -> None:
         self.root = root
         self.budget = budget_bytes
         self.source = source
         self._max_unpacked_bytes = max_unpacked_bytes
         self._max_members = max_members
+        self._unpack_timeout = unpack_timeout
         self._lock = threading.Lock()  # guards everything below; taken after a name lock, never before
         self._room = threading.Condition(self._lock)  # notified whenever bytes or pins are given back
         self._pins: dict[str, int] = {}  # name -> loads reading its folder now: never evicted
@@ -146,7 +148,10 @@ class DiskCache:
             held = self._reserve(name, download_size, held)
             dest = self.root / _folder_name(name)
             with open_archive(
-                download, max_bytes=self._max_unpacked_bytes, max_members=self._max_members
+                download,
+                max_bytes=self._max_unpacked_bytes,
+                max_members=self._max_members,
+                timeout=self._unpack_timeout,
             ) as archive:  # OSError from here on is our disk's: unpack maps the artifact's own errors
                 held = self._reserve(name, download_size + archive.unpacked_bytes, held)
                 archive.extract_to(dest)

@@ -41,7 +41,12 @@ class LocalEndpoint:
         self.pool = pool
         self.source = source
         self.disk = disk
-        self.compiler = Compiler(allow_pickle=config.allow_pickle, limits=config.model_limits)
+        self.compiler = Compiler(
+            allow_pickle=config.allow_pickle,
+            limits=config.model_limits,
+            deadline=config.load_timeout,
+            max_processes=config.max_loads,
+        )
 
     async def ensure(self, name: str) -> None:
         """Make `name` resident and current; raise ModelNotReady if that takes over the ready timeout."""
@@ -122,5 +127,6 @@ def make_endpoint(config: ServerConfig, cache: ModelCache, pool: Executor, cache
         source,
         max_unpacked_bytes=config.max_unpacked,
         max_members=config.max_members,
+        unpack_timeout=config.load_timeout,
     )
     return LocalEndpoint(config, cache, pool, source, disk)

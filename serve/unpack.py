@@ -2,7 +2,8 @@
 
 Every member is checked before anything is written: only plain files and folders, relative names that stay
 inside the target, bounded count and size. Extraction goes to a temp folder beside the target and is renamed
-into place only when complete, so a failure never leaves a half-unpacked model behind.
+into place only when complete, so a failure never leaves a half-unpacked model behind. Reading and writing
+stop at a deadline: a thread cannot be stopped from outside, so the work checks its own clock.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,9 @@ from serve.source import BadArtifact
 # Defaults for artifacts we accept: generous for XGBoost models, small enough to stop a decompression bomb.
 MAX_UNPACKED_BYTES = 1 << 30
 MAX_MEMBERS = 1000
+# Seconds one artifact may take to unpack (and, in the compiler, to compile): generous for a 1 GiB model on
+# a busy disk, short of the minutes a hostile one could hold a load thread.
+LOAD_TIMEOUT_S = 120.0
 # tarfile reads a pax extended header or a GNU long name whole into memory (and parses a pax one with
 # regular expressions, holding the GIL): a 3 GiB one cost 3 GiB and half a minute. Real ones are a few
 # hundred bytes.
@@ -32,9 +37,9 @@ _EXTENDED_HEADERS = (
     tarfile.GNUTYPE_LONGLINK,
 )
 
-# Python builds before 3.11.4 lack extraction filters; the explicit checks below stand on their own.
-_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+# Bytes copied between two looks at the clock.
+_CHUNK = 1 << 20
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -61,44 +66,79 @@ def _archive_error(exc: Exception) -> Exception:
 class Archive:
     """An open gzip tar whose members all passed the checks."""
 
-    def __init__(self, tar: tarfile.TarFile, members: list[tarfile.TarInfo]) -> None:
+    def __init__(self, tar: tarfile.TarFile, members: list[tarfile.TarInfo], deadline: _Deadline) -> None:
         self._tar = tar
         self._members = members
+        self._deadline = deadline
         self.unpacked_bytes = sum(m.size for m in members if m.isfile())
 
     def extract_to(self, dest: Path) -> None:
         """Unpack into dest, which must not exist yet; on failure nothing is left behind."""
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
         try:
-            try:
-                self._tar.extractall(tmp, members=self._members, **_FILTER)
-            except tarfile.FilterError as exc:
-                raise BadArtifact(f"tar member refused: {exc}") from None
-            except _READ_ERRORS as exc:
-                raise _archive_error(exc) from None
+            for member in self._members:
+                self._extract(member, tmp.joinpath(*PurePosixPath(member.name).parts))
             tmp.rename(dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def _extract(self, member: tarfile.TarInfo, target: Path) -> None:
+        # The members were checked (plain files and folders, relative, no ".."), so target is inside tmp.
+        try:
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                return
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = self._tar.extractfile(member)
+            assert source is not None  # a plain file
+            with source, target.open("wb") as out:
+                while chunk := source.read(_CHUNK):
+                    out.write(chunk)
+                    self._deadline.check()
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise BadArtifact(f"tar member '{member.name}' clashes with another member's path") from None
+        except _READ_ERRORS as exc:
+            raise _archive_error(exc) from None
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self._at:
+            raise BadArtifact(
+                f"unpacking took longer than the {self.seconds:g} s a load may take (--load-timeout)"
+            )
+
 
 @contextmanager
-def open_archive(path: Path, *, max_bytes: int, max_members: int) -> Iterator[Archive]:
-    """Open and check a gzip tar artifact; raises BadArtifact naming the first problem found."""
+def open_archive(
+    path: Path, *, max_bytes: int, max_members: int, timeout: float = LOAD_TIMEOUT_S
+) -> Iterator[Archive]:
+    """Open and check a gzip tar artifact; raises BadArtifact naming the first problem found, or saying
+    it took longer than `timeout` seconds, checks and extraction together."""
+    deadline = _Deadline(timeout)
     try:
         tar = tarfile.open(path, "r:gz", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - closed below
     except _READ_ERRORS:
         raise BadArtifact("not a gzip tar archive") from None
     with tar:
-        yield Archive(tar, _checked_members(tar, max_bytes=max_bytes, max_members=max_members))
+        members = _checked_members(tar, max_bytes=max_bytes, max_members=max_members, deadline=deadline)
+        yield Archive(tar, members, deadline)
 
 
-def _checked_members(tar: tarfile.TarFile, *, max_bytes: int, max_members: int) -> list[tarfile.TarInfo]:
+def _checked_members(
+    tar: tarfile.TarFile, *, max_bytes: int, max_members: int, deadline: _Deadline
+) -> list[tarfile.TarInfo]:
     members: list[tarfile.TarInfo] = []
     total = 0
     try:
         # Read headers one at a time so an archive with a million members is refused at the cap.
         while (member := tar.next()) is not None:
+            deadline.check()
             if len(members) == max_members:
                 raise BadArtifact(f"archive has more than {max_members} members")
             _check_member(member)

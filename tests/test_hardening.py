@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+import xgboost as xgb
 from conftest import ServerProcess, predict_artifact
 
 MiB = 1024**2
@@ -507,6 +508,65 @@ def test_12_warm_calls_do_not_wait_for_slow_hostile_loads(tmp_path: Path, artifa
         assert finished == [], "the warm call was only answered after a hostile load ended"
         for thread in threads:
             thread.join()
+        assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
+    finally:
+        server.stop()
+
+
+def slow_to_compile_artifact() -> bytes:
+    """A valid model well within the model bounds (80,000 one-split trees) that takes ~10 s to compile."""
+    from training.package import tar_gz as package
+
+    rng = np.random.default_rng(0)
+    features = rng.random((50, 6))
+    params = {"max_depth": 1, "eta": 0.001, "nthread": 1}
+    booster = xgb.train(params, xgb.DMatrix(features, features.sum(1)), 80_000)
+    return package(bytes(booster.save_raw("ubj")))
+
+
+def test_12_a_cold_load_does_not_wait_for_slow_hostile_loads(
+    tmp_path: Path, artifact_bytes, expected
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "m0.tar.gz").write_bytes(artifact_bytes(0))
+    slow = slow_to_compile_artifact()
+    for i in range(2):
+        (source / f"slow{i}.tar.gz").write_bytes(slow)
+    cache = tmp_path / "cache"
+    server = ServerProcess(
+        ["--models", str(source), "--cache-dir", str(cache), "--workers", "2", "--load-timeout", "6"]
+    )
+    try:
+        assert httpx.get(server.url + "/ping").status_code == 200
+        answers: dict[str, httpx.Response] = {}
+
+        def hostile(i: int) -> None:
+            answers[f"slow{i}"] = httpx.post(
+                server.url + "/invocations",
+                content=ROW,
+                headers={TARGET: f"slow{i}.tar.gz", "Content-Type": "text/csv"},
+                timeout=120,
+            )
+
+        threads = [threading.Thread(target=hostile, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # both are compiling: a 1.7 MB artifact unpacks in a fraction of that
+        # Before: two load threads (--workers 2) and one compiler process, all held by the slow loads.
+        assert predict(server, "m0.tar.gz") == pytest.approx(expected["m0.tar.gz"], rel=1e-6)
+        assert answers == {}, "the cold load was only answered after a hostile load ended"
+        for thread in threads:
+            thread.join()
+        # Their compilers were killed at the deadline: a 4xx naming it, in the runtime's ModelError shape.
+        for answer in answers.values():
+            assert answer.status_code == 424, answer.text
+            assert "longer than the 6 s a load may take (--load-timeout)" in answer.text
+        # Bound: the warm compiler, one per load at most (--max-loads 8), no leftover of the killed ones.
+        compilers = psutil.Process(server.proc.pid).children()
+        assert 1 <= len(compilers) <= 8
+        assert all(child.status() != psutil.STATUS_ZOMBIE for child in compilers)
+        assert not list(cache.rglob(".mme-compiled.*"))
         assert_healthy(server, "m0.tar.gz", expected["m0.tar.gz"])
     finally:
         server.stop()

@@ -144,3 +144,18 @@ def test_a_model_inside_one_folder_is_refused_naming_the_folder(tmp_path: Path) 
         archive.write_bytes(tar_bytes(*members))
         with open_archive(archive, max_bytes=1 << 20, max_members=10):
             pass
+
+
+def test_unpacking_stops_at_its_deadline_and_leaves_nothing(tmp_path: Path) -> None:
+    archive = tmp_path / "zeros.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo("xgboost-model")
+        info.size = 600 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    dest = tmp_path / "out"
+    # 600 MiB cannot inflate and land on disk in 50 ms; without the deadline it unpacks whole.
+    with pytest.raises(BadArtifact) as caught:  # noqa: SIM117 - the error may come from either
+        with open_archive(archive, max_bytes=1 << 30, max_members=10, timeout=0.05) as checked:
+            checked.extract_to(dest)
+    assert "longer than the 0.05 s a load may take (--load-timeout)" in str(caught.value)
+    assert sorted(os.listdir(tmp_path)) == ["zeros.tar.gz"]
