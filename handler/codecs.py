@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import array
 import io
+import itertools
 import math
 from collections.abc import Callable
 from functools import lru_cache, partial
@@ -287,6 +288,9 @@ def _is_number(token: str) -> bool:
 
 def _json(body: bytes, n_features: int | None) -> np.ndarray:
     document = _json_value(body, "JSON")
+    rows = _rectangular_json(document, body)
+    if rows is not None:
+        return rows
     if isinstance(document, dict):
         if not isinstance(document.get("instances"), list):
             raise BadRequest('a JSON object body needs an "instances" list')
@@ -297,6 +301,47 @@ def _json(body: bytes, n_features: int | None) -> np.ndarray:
     else:
         raise BadRequest('JSON body must be {"instances": [...]}, a list of rows or one row of numbers')
     return _numeric_rows(rows, "JSON", "row", _may_hold_booleans(body))
+
+
+# What a number of a JSON body may be spelt with, plus whitespace: deleting these from a body of numeric rows
+# leaves its skeleton of brackets and commas (and the letters of any key, less their e's).
+_JSON_NUMBER_AND_SPACE = b"0123456789.eE+- \t\r\n"
+_INSTANCES_SKELETON = (b'{"instancs":[', b"]}")  # {"instances": [...]}, e's deleted
+_LIST_SKELETON = (b"[", b"]")
+_EXACT_INTEGERS = 2.0**53  # below this, an int reaches float32 through float64 as numpy casts it: alike
+
+
+def _rectangular_json(document: object, body: bytes) -> np.ndarray | None:
+    """The fast path of a large JSON body: {"instances": [[...], ...]} or [[...], ...] whose rows are all
+    lists of the same number of plain numbers, read straight into float32; None for anything else, which
+    the general path reads or refuses (it reads the same rows to the same values).
+
+    The body's skeleton proves the shape without looking at each value: with its number characters and
+    whitespace deleted it must be exactly the brackets and commas of n rows of `width` values, so no value
+    is a string, a boolean, null, an object or a nested list (their quotes, letters or brackets would be
+    left). orjson has already checked that each remaining token is a valid JSON number.
+    """
+    if type(document) is dict:
+        rows, (prefix, suffix) = document.get("instances"), _INSTANCES_SKELETON
+        if len(document) != 1:
+            return None
+    else:
+        rows, (prefix, suffix) = document, _LIST_SKELETON
+    if type(rows) is not list or not rows or type(rows[0]) is not list or not rows[0]:
+        return None
+    n, width = len(rows), len(rows[0])
+    if n * width > MAX_CELLS:
+        return None
+    row = b"[" + b"," * (width - 1) + b"]"
+    if body.translate(None, _JSON_NUMBER_AND_SPACE) != prefix + row + (b"," + row) * (n - 1) + suffix:
+        return None
+    with np.errstate(over="ignore"):  # the general path warns, once
+        values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float32, count=n * width)
+    # Huge integers would round twice on the way (numpy casts an all-integer array in one step), and a
+    # value beyond float32's range is inf: the general path reads the first and names the second.
+    if not float(np.abs(values).max()) < _EXACT_INTEGERS:
+        return None
+    return values.reshape(n, width)
 
 
 def _jsonlines(body: bytes, n_features: int | None) -> np.ndarray:

@@ -251,3 +251,56 @@ def test_the_default_answers_a_missing_accept_and_any_type(accept: str | None) -
 def test_unanswerable_accept_lists_the_supported_types(accept: str) -> None:
     with pytest.raises(NotAcceptable, match="supported: application/json, text/csv, .*, application/x-npy"):
         encode(SINGLE, accept)
+
+
+# The fast path of large JSON bodies (rectangular rows of plain numbers) must read what the general path
+# reads, and leave everything else to it: the same values, the same 400s.
+FAST_AND_GENERAL = [
+    b'{"instances": [[1, 2.5, -3e2], [4, 5, 6.25]]}',
+    b"[[1,2,3],[4,5,6]]",
+    b'{ "instances" : [ [ 0.1 , 16777217 ] ,\n [ -0.0, 1E-3 ] ] }',
+    b"[[1,2],[3]]",  # ragged
+    b'[[1,"2"]]',  # a string
+    b"[[1,true]]",  # a boolean
+    b"[[1,null]]",  # missing
+    b"[[[1],[2]]]",  # nested too deep
+    b'[[{"a": 1}, 2]]',  # an object
+    b"[[1e39, 2]]",  # beyond float32
+    b"[[9007199254740993, 1]]",  # an integer past float64's exact ones
+    b'{"instances": [[1, 2]], "other": 1}',
+    b'{"instances": [{"features": [1, 2]}]}',
+    b"[1, 2]",
+    b"[[]]",
+]
+
+
+def _general(body: bytes):
+    saved = codecs._rectangular_json
+    codecs._rectangular_json = lambda document, body: None
+    try:
+        return _outcome(body)
+    finally:
+        codecs._rectangular_json = saved
+
+
+def _outcome(body: bytes):
+    try:
+        rows = decode(body, "application/json", n_features=None)
+    except BadRequest as exc:
+        return (exc.status, str(exc))
+    return (rows.dtype, rows.shape, rows.tobytes())
+
+
+@pytest.mark.parametrize("body", FAST_AND_GENERAL)
+def test_the_rectangular_json_fast_path_agrees_with_the_general_path(body: bytes) -> None:
+    assert _outcome(body) == _general(body)
+
+
+def test_the_fast_path_takes_numeric_rows_and_nothing_else() -> None:
+    taken = [b for b in FAST_AND_GENERAL if codecs._rectangular_json(json.loads(b), b) is not None]
+    assert taken == FAST_AND_GENERAL[:3]
+    rows = decode(b'{"instances": [' + b",".join([b"[2006,2800,4,2.5,1.1,2]"] * 1000) + b"]}", JSON_TYPE, 6)
+    assert rows.shape == (1000, 6) and rows.dtype == np.float32 and rows.flags.c_contiguous
+
+
+JSON_TYPE = "application/json"
