@@ -97,12 +97,39 @@ class DiskCache:
         try:
             yield folder, version
         finally:
-            with self._lock:
-                if self._pins[name] == 1:
-                    del self._pins[name]
-                else:
-                    self._pins[name] -= 1
-                self._room.notify_all()
+            self.unpin(name)
+
+    def pin_if_current(self, name: str) -> tuple[Path, Version] | None:
+        """The folder of `name`, pinned as use() pins it (unpin() when done), if it is on disk, current,
+        and no thread is working on the name; None otherwise, or when that cannot be known at once.
+
+        Never blocks, so the event loop may call it: a source whose version check is a request (S3)
+        answers None, as does a lock some thread holds (use() on a thread then does the whole job)."""
+        if not self.source.local:
+            return None
+        try:
+            version = self.source.version(validate_name(name))
+        except SourceError:
+            return None  # use() meets the error again, and says it
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            entry = self._entries.get(name)
+            if entry is None or entry.version != version or name in self._name_locks:
+                return None
+            self._entries.move_to_end(name)
+            self._pins[name] = self._pins.get(name, 0) + 1
+            return entry.path, entry.version
+        finally:
+            self._lock.release()
+
+    def unpin(self, name: str) -> None:
+        with self._lock:
+            if self._pins[name] == 1:
+                del self._pins[name]
+            else:
+                self._pins[name] -= 1
+            self._room.notify_all()
 
     def materialize(self, name: str, *, pin: bool = False) -> tuple[Path, Version]:
         """A folder holding the unpacked artifact, fetched unless the cached copy is still current."""

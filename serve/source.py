@@ -64,6 +64,9 @@ class Version:
 
 
 class ModelSource(Protocol):
+    # True when version() is a local stat, cheap enough for the event loop; False when it is a request.
+    local: bool
+
     def describe(self) -> str: ...
 
     def url(self, name: str) -> str: ...
@@ -120,6 +123,8 @@ def _is_valid(name: str) -> bool:
 
 class FolderSource:
     """Artifacts in a local folder, nested folders allowed; symlinks leading outside it are refused."""
+
+    local = True
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
@@ -212,6 +217,8 @@ def _folder_version(st: os.stat_result) -> Version:
 
 class S3Source:
     """Artifacts under an S3 prefix, read with a single shared client."""
+
+    local = False
 
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         self.bucket = bucket
