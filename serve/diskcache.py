@@ -35,9 +35,12 @@ MARKER = ".mme-disk-cache"
 ROOM_WAIT_S = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
-    path: Path
+    """One per artifact on disk, resident model or not (thousands): a folder name, not a Path object,
+    which would take several times the memory."""
+
+    folder: str  # under the cache's root
     version: Version
     size: int
 
@@ -119,7 +122,7 @@ class DiskCache:
                 return None
             self._entries.move_to_end(name)
             self._pins[name] = self._pins.get(name, 0) + 1
-            return entry.path, entry.version
+            return self.root / entry.folder, entry.version
         finally:
             self._lock.release()
 
@@ -149,7 +152,7 @@ class DiskCache:
                 entry = self._touch(name)
             if entry is None:
                 raise
-            return entry.path, entry.version  # the store is down: the last copy fetched beats an error
+            return self.root / entry.folder, entry.version  # the store is down: the last copy beats an error
         except ModelNotFound:
             with self._lock:
                 self._drop(name)  # removed from the store, so it must stop being served
@@ -157,7 +160,7 @@ class DiskCache:
         with self._lock:
             entry = self._touch(name)
         if entry is not None and entry.version == version:
-            return entry.path, entry.version
+            return self.root / entry.folder, entry.version
         return self._load(name, version)
 
     def _load(self, name: str, hint: Version) -> tuple[Path, Version]:
@@ -180,7 +183,7 @@ class DiskCache:
             download.unlink()
             with self._lock:
                 self._drop(name)
-                self._entries[name] = _Entry(dest, version, archive.unpacked_bytes)
+                self._entries[name] = _Entry(dest.name, version, archive.unpacked_bytes)
                 # The entry's bytes move from the reservation into the entry; the download is gone.
                 self._bytes += archive.unpacked_bytes - held
                 held = 0
@@ -241,7 +244,7 @@ class DiskCache:
         # Deleting while holding the lock keeps the byte count honest about what is on disk.
         entry = self._entries.pop(name, None)
         if entry is not None:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            shutil.rmtree(self.root / entry.folder, ignore_errors=True)
             self._bytes -= entry.size
             self._room.notify_all()
 

@@ -54,7 +54,7 @@ class ModelExists(SourceError):
     status = 409
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Version:
     """Identifies the bytes of one artifact: the S3 ETag, or `{mtime_ns}-{size}` for a folder."""
 
