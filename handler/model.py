@@ -46,6 +46,10 @@ Step = Callable[[Any, Any, "Context"], Any]
 _PLAIN_CSV = (None, "text/csv")
 
 
+class NotCompiled(Exception):
+    """load_model(compiled_only=True) would have to do more than read a current compiled form."""
+
+
 class ModelFilesGone(HandlerError):
     """A walked model's file, needed for its Booster, is no longer the one it was loaded from."""
 
@@ -133,12 +137,15 @@ def load_model(
     ensemble: bool = True,
     persist: bool = False,
     compiler: Compiler | None = None,
+    compiled_only: bool = False,
 ) -> LoadedModel:
     """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load.
 
     With `persist`, a folder the server owns (the local endpoint's disk cache, one per artifact version),
     the model's compiled form is kept in it and read back by later loads (see handler/compiled.py); a
-    `compiler` then writes it when it is missing (in a process of its own: see compile_model).
+    `compiler` then writes it when it is missing (in a process of its own: see compile_model). With
+    `compiled_only`, NotCompiled unless the load is a read of a current compiled form with a walker
+    (see load_compiled).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -164,8 +171,10 @@ def load_model(
         read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
         if len(files) == 1 and "predict_fn" not in user:
             key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
-            served = _compiled_model(model_dir, files[0], read, key, persist, compiler)
+            served = _compiled_model(model_dir, files[0], read, key, persist, compiler, compiled_only)
             model, walking, n_features, size_bytes, described = served
+        elif compiled_only:
+            raise NotCompiled(f"{model_dir.name} holds {len(files)} model files")
         else:
             forests = [read(path) for path in files]
             raws = [defaults.to_ubjson(one) for one in forests]
@@ -203,6 +212,20 @@ def load_model(
     fast = walking if "input_fn" not in user else None
     default_input = None if "input_fn" in user else info
     return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast, default_input)
+
+
+def load_compiled(
+    model_dir: Path, *, allow_pickle: bool, limits: ModelLimits, ensemble: bool
+) -> LoadedModel | None:
+    """load_model(model_dir, persist=True) when that is only a read of the folder's current compiled form
+    of a walked model: a file read and a few array checks, no XGBoost, no compiling, no user code, so
+    cheap enough for the event loop. None when the load needs more (a load thread then does it all)."""
+    try:
+        return load_model(model_dir, allow_pickle=allow_pickle, limits=limits, ensemble=ensemble,
+                          persist=True, compiled_only=True)  # fmt: skip
+    except (NotCompiled, ModelLoadError, OSError):
+        # Whatever went wrong (user code, no model file) is said by the full load, which meets it again.
+        return None
 
 
 # What a model served by its walker takes besides the walker's arrays: the Python objects of the model,
@@ -282,12 +305,15 @@ def _compiled_model(
     key: Callable[[Path], bytes],
     persist: bool,
     compiler: Compiler | None = None,
+    compiled_only: bool = False,
 ) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int, Forest]:
     """(Booster, walking step, width, size, outline) of a one-file model, from its compiled form: read
     back from `folder` when persisted there for this very file, else compiled (and then persisted). The
     outline is a Forest of no trees with the model's objective and classes, for outputs.describe."""
     wanted = key(model_file)
     form = compiled.read(folder, wanted) if persist else None
+    if compiled_only and (form is None or form.walker is None):
+        raise NotCompiled(f"{model_file.name} has no current compiled form with a walker")
     if form is None and persist and compiler is not None:
         compiler(folder, model_file)
         form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here

@@ -129,6 +129,8 @@ class Loaded:
 
 
 Loader = Callable[[], Loaded]
+# A load done on the event loop when it needs no I/O wait and a fraction of a millisecond; None if not.
+QuickLoader = Callable[[], Loaded | None]
 # name, event ("load", "unload", "evict", "reload", "load_failed"), details
 Listener = Callable[[str, str, dict[str, Any]], None]
 
@@ -234,12 +236,20 @@ class ModelCache:
 
     # --- loading -------------------------------------------------------------------------------
     async def load(
-        self, name: str, url: str, loader: Loader, *, estimate: int, replace: bool = False
+        self,
+        name: str,
+        url: str,
+        loader: Loader,
+        *,
+        estimate: int,
+        replace: bool = False,
+        quick: QuickLoader | None = None,
     ) -> Entry:
         """Load `name` once, however many callers ask at the same time; they all get the one outcome.
 
         With replace=True a resident model is swapped for the new load (its in-flight calls finish
-        on the old one); otherwise a resident model is AlreadyLoaded.
+        on the old one); otherwise a resident model is AlreadyLoaded. `quick` is tried first, on the
+        event loop; `loader` runs on a thread only when it answers None.
         """
         task = self._loading.get(name)
         if task is not None and self._loading_urls[name] != url:
@@ -250,7 +260,7 @@ class ModelCache:
                 raise AlreadyLoaded(f"model {name!r} is already loaded")
             # A task of its own: a caller that gives up waiting (a timeout, a disconnect) never
             # cancels the load that other callers, or its own retry, are waiting for.
-            task = asyncio.ensure_future(self._load(name, url, loader, estimate))
+            task = asyncio.ensure_future(self._load(name, url, loader, estimate, quick))
             self._loading[name] = task
             self._loading_urls[name] = url
             task.add_done_callback(lambda done: self._load_done(name, done))
@@ -264,7 +274,9 @@ class ModelCache:
         if not task.cancelled():
             task.exception()  # retrieved here: a load may end with nobody left waiting
 
-    async def _load(self, name: str, url: str, loader: Loader, estimate: int) -> Entry:
+    async def _load(
+        self, name: str, url: str, loader: Loader, estimate: int, quick: QuickLoader | None
+    ) -> Entry:
         estimate = max(estimate, 1)
         previous = self._entries.get(name)
         if estimate > self.budget:
@@ -280,7 +292,11 @@ class ModelCache:
         self._running.add(name)
         started = time.monotonic()
         try:
-            loaded = await asyncio.get_running_loop().run_in_executor(self._executor, _run_releasing, loader)
+            loaded = quick() if quick is not None else None
+            if loaded is None:
+                loaded = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, _run_releasing, loader
+                )
         except BaseException as exc:
             self._emit(name, "load_failed", {"error": str(exc)})
             raise

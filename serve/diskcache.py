@@ -35,9 +35,12 @@ MARKER = ".mme-disk-cache"
 ROOM_WAIT_S = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
-    path: Path
+    """One per artifact on disk, resident model or not (thousands): a folder name, not a Path object,
+    which would take several times the memory."""
+
+    folder: str  # under the cache's root
     version: Version
     size: int
 
@@ -99,12 +102,39 @@ class DiskCache:
         try:
             yield folder, version
         finally:
-            with self._lock:
-                if self._pins[name] == 1:
-                    del self._pins[name]
-                else:
-                    self._pins[name] -= 1
-                self._room.notify_all()
+            self.unpin(name)
+
+    def pin_if_current(self, name: str) -> tuple[Path, Version] | None:
+        """The folder of `name`, pinned as use() pins it (unpin() when done), if it is on disk, current,
+        and no thread is working on the name; None otherwise, or when that cannot be known at once.
+
+        Never blocks, so the event loop may call it: a source whose version check is a request (S3)
+        answers None, as does a lock some thread holds (use() on a thread then does the whole job)."""
+        if not self.source.local:
+            return None
+        try:
+            version = self.source.version(validate_name(name))
+        except SourceError:
+            return None  # use() meets the error again, and says it
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            entry = self._entries.get(name)
+            if entry is None or entry.version != version or name in self._name_locks:
+                return None
+            self._entries.move_to_end(name)
+            self._pins[name] = self._pins.get(name, 0) + 1
+            return self.root / entry.folder, entry.version
+        finally:
+            self._lock.release()
+
+    def unpin(self, name: str) -> None:
+        with self._lock:
+            if self._pins[name] == 1:
+                del self._pins[name]
+            else:
+                self._pins[name] -= 1
+            self._room.notify_all()
 
     def materialize(self, name: str, *, pin: bool = False) -> tuple[Path, Version]:
         """A folder holding the unpacked artifact, fetched unless the cached copy is still current."""
@@ -124,7 +154,7 @@ class DiskCache:
                 entry = self._touch(name)
             if entry is None:
                 raise
-            return entry.path, entry.version  # the store is down: the last copy fetched beats an error
+            return self.root / entry.folder, entry.version  # the store is down: the last copy beats an error
         except ModelNotFound:
             with self._lock:
                 self._drop(name)  # removed from the store, so it must stop being served
@@ -132,7 +162,7 @@ class DiskCache:
         with self._lock:
             entry = self._touch(name)
         if entry is not None and entry.version == version:
-            return entry.path, entry.version
+            return self.root / entry.folder, entry.version
         return self._load(name, version)
 
     def _load(self, name: str, hint: Version) -> tuple[Path, Version]:
@@ -158,7 +188,7 @@ class DiskCache:
             download.unlink()
             with self._lock:
                 self._drop(name)
-                self._entries[name] = _Entry(dest, version, archive.unpacked_bytes)
+                self._entries[name] = _Entry(dest.name, version, archive.unpacked_bytes)
                 # The entry's bytes move from the reservation into the entry; the download is gone.
                 self._bytes += archive.unpacked_bytes - held
                 held = 0
@@ -219,7 +249,7 @@ class DiskCache:
         # Deleting while holding the lock keeps the byte count honest about what is on disk.
         entry = self._entries.pop(name, None)
         if entry is not None:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            shutil.rmtree(self.root / entry.folder, ignore_errors=True)
             self._bytes -= entry.size
             self._room.notify_all()
 

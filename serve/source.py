@@ -54,7 +54,7 @@ class ModelExists(SourceError):
     status = 409
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Version:
     """Identifies the bytes of one artifact: the S3 ETag, or `{mtime_ns}-{size}` for a folder."""
 
@@ -64,6 +64,9 @@ class Version:
 
 
 class ModelSource(Protocol):
+    # True when version() is a local stat, cheap enough for the event loop; False when it is a request.
+    local: bool
+
     def describe(self) -> str: ...
 
     def url(self, name: str) -> str: ...
@@ -121,6 +124,8 @@ def _is_valid(name: str) -> bool:
 class FolderSource:
     """Artifacts in a local folder, nested folders allowed; symlinks leading outside it are refused."""
 
+    local = True
+
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
 
@@ -137,7 +142,20 @@ class FolderSource:
         self._require_root()
 
     def _path(self, name: str) -> Path:
-        path = (self.root / validate_name(name)).resolve()
+        path = self.root / validate_name(name)
+        # The root is resolved and names hold no '.' or '..': without a link below the root the path is
+        # its own, which one lstat per segment shows (resolve() walks every folder from / in Python).
+        below = str(self.root)
+        for segment in name.split("/"):
+            below = f"{below}/{segment}"
+            try:
+                if stat.S_ISLNK(os.lstat(below).st_mode):
+                    break
+            except OSError:
+                return path  # nothing there: the caller's own stat or open says so
+        else:
+            return path
+        path = path.resolve()
         if not path.is_relative_to(self.root):
             raise ModelNotFound(f"model '{name}' resolves outside {self.describe()}")
         return path
@@ -181,11 +199,22 @@ class FolderSource:
         except OSError as exc:
             raise _folder_error(name, "read", exc) from exc
         with src:
-            # The open file's own stat describes exactly the bytes copied, even if the path is replaced now.
-            version = _folder_version(os.fstat(src.fileno()))
+            # The open file's own stat describes exactly the bytes fetched, even if the path is replaced now.
+            st = os.fstat(src.fileno())
+            try:
+                # A hard link is the bytes without copying them (replacing an artifact makes a new file;
+                # the linked inode stays what was fetched). The path may have been replaced since it was
+                # opened; another filesystem, or a file the kernel will not link for us, is copied.
+                os.link(path, dest, follow_symlinks=False)
+                linked = os.stat(dest)
+                if (linked.st_ino, linked.st_dev) == (st.st_ino, st.st_dev):
+                    return _folder_version(st)
+                dest.unlink()
+            except OSError:
+                pass
             with atomic_write(dest) as out:
                 shutil.copyfileobj(src, out, 1 << 20)
-        return version
+        return _folder_version(st)
 
     def put(self, name: str, artifact: Path, *, overwrite: bool) -> None:
         self._path(name)  # refuses a name whose parent folder is a symlink leading out, before creating it
@@ -212,6 +241,8 @@ def _folder_version(st: os.stat_result) -> Version:
 
 class S3Source:
     """Artifacts under an S3 prefix, read with a single shared client."""
+
+    local = False
 
     def __init__(self, bucket: str, prefix: str, client: Any) -> None:
         self.bucket = bucket
