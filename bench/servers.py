@@ -68,6 +68,18 @@ class Server:
                 continue
         return total
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of every process of the server so far (its compiler processes too):
+        per request, what an instance's cores are divided by."""
+        total = 0.0
+        for proc in self.processes():
+            try:
+                times = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += times.user + times.system
+        return total
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

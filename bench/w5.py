@@ -19,7 +19,7 @@ from bench.mme_platform import PlatformEmulator
 from bench.models import ROW
 from bench.results import Row
 from bench.servers import Server
-from bench.workloads import CSV, Bench, MiB, http_client, pair
+from bench.workloads import CSV, Bench, MiB, cpu_us, http_client, pair
 
 CONCURRENCY = 16
 TRACE_LENGTH = 400_000  # more than any run issues: runs end by time
@@ -101,6 +101,7 @@ def w5(bench: Bench) -> list[Row]:
             failed[status] += status != 200
             return status == 200
 
+        used = server.cpu_seconds()
         with PeakMemory(server) as memory:
             if bench.wrk:
                 names = [bench.models.target(i) for i in ours_trace]
@@ -111,6 +112,7 @@ def w5(bench: Bench) -> list[Row]:
                 load = asyncio.run(
                     loadgen.drive(server.url, call, CONCURRENCY, scale.w5_seconds, len(ours_trace))
                 )
+        used = server.cpu_seconds() - used
         after = _cache_counts(client)
         hit_ratio = float("nan")
         if before is not None and after is not None:
@@ -124,6 +126,7 @@ def w5(bench: Bench) -> list[Row]:
             idle,
         )
         results["ours"]["budget_mib"] = budget / MiB
+        results["ours"]["cpu_us"] = cpu_us(used, [load])
     shutil.rmtree(cache, ignore_errors=True)
     if bench.mms_python is not None:
         results["baseline"] = _w5_baseline(bench)
@@ -199,6 +202,18 @@ def _w5_rows(bench: Bench, results: dict[str, dict[str, float]], errors_note: st
         comparable = unit != "MiB"
         row_note = {"rps": note, "errors": errors_note}.get(key, "")
         rows.append(pair(f"w5.{key}", name, metric, unit, values, higher, row_note, comparable))
+    rows.append(
+        Row(
+            "w5.cpu",
+            name,
+            "server CPU per request",
+            "µs",
+            results["ours"]["cpu_us"],
+            None,
+            False,
+            "user + system of every server process (compilers too), over the run",
+        )
+    )
     rows.append(
         Row(
             "w5.budget",

@@ -106,6 +106,7 @@ W1_ROUND_SECONDS = 2
 def w1_w4(bench: Bench) -> list[Row]:
     w1: dict[int, dict[str, list[LoadResult]]] = {1: {}, 16: {}}
     w4: dict[int, dict[str, float]] = {1_000: {}, 10_000: {}}
+    cpu: dict[str, float] = {}  # side -> server CPU seconds over the concurrency-16 rounds
     rounds = max(1, round(bench.scale.w1_seconds / W1_ROUND_SECONDS))
     seconds = W1_ROUND_SECONDS
     with ExitStack() as stack:
@@ -117,10 +118,13 @@ def w1_w4(bench: Bench) -> list[Row]:
         for concurrency, by_side in w1.items():
             for _ in range(rounds):
                 for side, server in running.items():
+                    used = server.cpu_seconds()
                     result = loadgen.fixed_load(
                         bench.wrk, server.url, "/models/warm/invoke", ROW, concurrency, seconds
                     )
                     by_side.setdefault(side, []).append(result)
+                    if concurrency == 16:
+                        cpu[side] = cpu.get(side, 0.0) + server.cpu_seconds() - used
         for side, server in running.items():
             with http_client(server) as client:
                 for rows in w4:
@@ -147,12 +151,29 @@ def w1_w4(bench: Bench) -> list[Row]:
             )
         errors = {side: float(sum(r.errors for r in results)) for side, results in by_side.items()}
         out.append(pair(f"w1.err{c}", "W1 warm invoke", f"errors, concurrency {c}", "count", errors, False))
+    per_request = {side: cpu_us(cpu[side], w1[16][side]) for side in cpu}
+    out.append(
+        pair(
+            "w1.cpu16",
+            "W1 warm invoke",
+            "server CPU per request, concurrency 16",
+            "µs",
+            per_request,
+            False,
+            "user + system of every server process, over all its rounds",
+        )
+    )
     for rows, by_side in w4.items():
         values = {side: taken * 1e3 for side, taken in by_side.items()}
         out.append(
             pair(f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, "median of 5")
         )
     return out
+
+
+def cpu_us(seconds: float, results: list[LoadResult]) -> float:
+    """Server CPU microseconds per request answered."""
+    return seconds * 1e6 / max(1, sum(result.requests for result in results))
 
 
 def timed(call: Callable[[], httpx.Response]) -> float:

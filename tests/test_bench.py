@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 
 import httpx
 import pytest
 
-from bench import loadgen, report, servers, targets, trace
+from bench import loadgen, report, servers, targets, trace, workloads
 from bench.mme_platform import PlatformEmulator
 from bench.models import ROW
 from bench.results import Row
@@ -33,6 +34,18 @@ def test_load_generator_drives_our_server(ours, tool):
     assert result.requests > 0 and result.errors == 0
     assert 0 < result.p50_ms <= result.p99_ms
     assert server.pss_bytes() > 0
+
+
+def test_server_cpu_time_grows_with_the_requests_it_answers(ours):
+    server, folders = ours
+    httpx.post(f"{server.url}/models", json={"model_name": "a", "url": str(folders[0])}).raise_for_status()
+    before = server.cpu_seconds()
+    result = loadgen.run_python(server.url, "/models/a/invoke", ROW, 2, 0.5)
+    used = server.cpu_seconds() - before
+    assert result.errors == 0
+    # The server did the work (more than its idle ticks) and no more than the cores could give it.
+    assert 0 < used <= 0.5 * (os.cpu_count() or 1) + 0.2
+    assert 0 < workloads.cpu_us(used, [result]) < 1e6
 
 
 def test_load_generator_counts_errors(ours):
