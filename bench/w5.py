@@ -24,6 +24,7 @@ from bench.workloads import CSV, Bench, MiB, cpu_us, http_client, pair
 CONCURRENCY = 16
 TRACE_LENGTH = 400_000  # more than any run issues: runs end by time
 WARM_UP_CALLS = 20
+FIRST_PASS_S = 180.0  # bound of the pass over every model that fills the disk cache
 
 
 class PeakMemory:
@@ -92,8 +93,18 @@ def w5(bench: Bench) -> list[Row]:
             client.post("/invocations", content=ROW, headers=headers).raise_for_status()
         client.delete(f"/models/{warm}").raise_for_status()
         idle = server.pss_bytes()
-        before = _cache_counts(client)
         failed: Counter[int] = Counter()  # status -> answers, to say what went wrong if anything did
+
+        async def first(conn: Connection, i: int) -> bool:
+            headers = {**CSV, "X-Amzn-SageMaker-Target-Model": bench.models.target(i)}
+            status, _ = await conn.request("POST", "/invocations", ROW, headers)
+            return status == 200
+
+        # W5 is measured as the issue that set its targets measured it: after a pass that put every
+        # artifact in the disk cache, as on an endpoint that has run a while, so its misses are re-misses
+        # (evicted from memory, current on disk), not a fresh server's first unpacks. That pass is a row too.
+        warm_up = asyncio.run(loadgen.drive(server.url, first, CONCURRENCY, FIRST_PASS_S, scale.w5_models))
+        before = _cache_counts(client)
 
         async def call(conn: Connection, i: int) -> bool:
             headers = {**CSV, "X-Amzn-SageMaker-Target-Model": bench.models.target(ours_trace[i])}
@@ -127,6 +138,9 @@ def w5(bench: Bench) -> list[Row]:
         )
         results["ours"]["budget_mib"] = budget / MiB
         results["ours"]["cpu_us"] = cpu_us(used, [load])
+        results["ours"]["first_pass_rps"] = warm_up.rps
+        results["ours"]["first_pass_errors"] = float(warm_up.errors)
+        results["ours"]["first_pass_requests"] = float(warm_up.requests)
     shutil.rmtree(cache, ignore_errors=True)
     if bench.mms_python is not None:
         results["baseline"] = _w5_baseline(bench)
@@ -202,6 +216,20 @@ def _w5_rows(bench: Bench, results: dict[str, dict[str, float]], errors_note: st
         comparable = unit != "MiB"
         row_note = {"rps": note, "errors": errors_note}.get(key, "")
         rows.append(pair(f"w5.{key}", name, metric, unit, values, higher, row_note, comparable))
+    ours = results["ours"]
+    rows.append(
+        Row(
+            "w5.first_pass",
+            name,
+            "first pass: each model once, cold disk cache (req/s)",
+            "req/s",
+            ours["first_pass_rps"],
+            None,
+            True,
+            f"before the measured run; {ours['first_pass_requests']:,.0f} requests, "
+            f"{ours['first_pass_errors']:,.0f} errors, the bench's asyncio client",
+        )
+    )
     rows.append(
         Row(
             "w5.cpu",
