@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -235,7 +236,9 @@ _WALKED_MODEL_OVERHEAD = 6 * 1024
 
 def _model_files(model_dir: Path, ensemble: bool) -> list[Path]:
     try:
-        names = [entry.name for entry in model_dir.iterdir() if entry.is_file()]
+        # scandir: the directory entries' own types, not a stat per file, on every re-miss's path.
+        with os.scandir(model_dir) as entries:
+            names = [entry.name for entry in entries if entry.is_file()]
     except OSError as exc:
         raise ModelLoadError(f"cannot read model folder {model_dir}: {exc.strerror}") from None
     chosen = defaults.find_artifacts(names, f"model folder {model_dir.name!r}", ensemble=ensemble)
