@@ -1,4 +1,4 @@
-"""`python -m bench [--quick]`: build the baseline, run every workload on both servers, write the report."""
+"""`python -m bench [--quick]`: build the peers, run every workload on ours and theirs, write the report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import baseline, floors, loadgen, loads, machine, models, profile, report, targets, w5, workloads
+from bench import (
+    baseline,
+    floors,
+    loadgen,
+    loads,
+    machine,
+    mlserver,
+    models,
+    profile,
+    report,
+    targets,
+    w5,
+    workloads,
+)
 from bench.results import Row, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a reduced set in under 3 minutes (not for CI)")
     parser.add_argument("--no-baseline", action="store_true", help="measure ours only")
+    parser.add_argument("--no-mlserver", action="store_true", help="leave out the second peer, MLServer")
     parser.add_argument("--profile", action="store_true", help="only profile our W1 path with py-spy")
     parser.add_argument("--only", action="append", help="run only this step (repeatable), e.g. 'load storm'")
     parser.add_argument(
@@ -48,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     WORK.mkdir(parents=True, exist_ok=True)
     mms_python = None if args.no_baseline or args.profile else baseline.ensure_venv(WORK / "baseline-venv")
+    skip_mlserver = args.no_baseline or args.no_mlserver or args.profile
+    mlserver_python = None if skip_mlserver else mlserver.ensure_venv(WORK / "mlserver-venv")
     wrk = loadgen.ensure_wrk()
     model_set = models.prepare(WORK, max(scale.w5_models, *scale.w3_ours))
-    bench = workloads.Bench(WORK, model_set, wrk, mms_python, scale)
+    bench = workloads.Bench(WORK, model_set, wrk, mms_python, scale, mlserver_python=mlserver_python)
     if args.profile:
         print(profile.profile_w1(bench, scale.w1_seconds))
         return 0
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if sys.argv[1:] and not argv:
         command += f" ({shlex.join(['python', '-m', 'bench', *sys.argv[1:]])})"
     tool = f"wrk ({wrk}) with bench/wrk.lua" if wrk else "the bench's Python asyncio client (wrk not found)"
-    description = machine.describe(mms_python, tool, command, load_at_start)
+    description = machine.describe(mms_python, tool, command, load_at_start, mlserver_python)
     checks = targets.evaluate(rows)
     limits = targets.limits(rows)
     report.print_table(rows, checks, limits)

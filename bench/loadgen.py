@@ -61,6 +61,7 @@ def run_wrk(
     seconds: float,
     target: str = "",
     trace: list[str] | None = None,
+    content_type: str = "text/csv",
 ) -> LoadResult:
     """wrk's run; with `trace`, each request's target model is the trace's next name (see wrk.lua)."""
     with tempfile.NamedTemporaryFile(suffix=".body") as f, tempfile.NamedTemporaryFile("w") as names:
@@ -72,7 +73,7 @@ def run_wrk(
             names.flush()
             target = f"@{names.name}"
         cmd = [wrk, f"-t{threads}", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s"]
-        cmd += ["-s", str(WRK_SCRIPT), url, "--", path, f.name, "text/csv", target, str(threads)]
+        cmd += ["-s", str(WRK_SCRIPT), url, "--", path, f.name, content_type, target, str(threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("{"))
     data = json.loads(line)
@@ -171,9 +172,15 @@ async def drive(url: str, call: Call, concurrency: int, seconds: float, max_requ
 
 
 def run_python(
-    url: str, path: str, body: bytes, concurrency: int, seconds: float, target: str = ""
+    url: str,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    target: str = "",
+    content_type: str = "text/csv",
 ) -> LoadResult:
-    headers = {"Content-Type": "text/csv"}
+    headers = {"Content-Type": content_type}
     if target:
         headers["X-Amzn-SageMaker-Target-Model"] = target
 
@@ -185,9 +192,16 @@ def run_python(
 
 
 def fixed_load(
-    wrk: str | None, url: str, path: str, body: bytes, concurrency: int, seconds: float, target: str = ""
+    wrk: str | None,
+    url: str,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    target: str = "",
+    content_type: str = "text/csv",
 ) -> LoadResult:
     """The same POST from `concurrency` connections for `seconds`: wrk if given, else the Python client."""
     if wrk:
-        return run_wrk(wrk, url, path, body, concurrency, seconds, target)
-    return run_python(url, path, body, concurrency, seconds, target)
+        return run_wrk(wrk, url, path, body, concurrency, seconds, target, content_type=content_type)
+    return run_python(url, path, body, concurrency, seconds, target, content_type)

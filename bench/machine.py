@@ -41,19 +41,30 @@ def load_average() -> str:
     return " / ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
+def _versions(python: Path | None, packages: tuple[str, ...]) -> list[str] | None:
+    """The versions of `packages` in another virtualenv, or None when that peer is not in this run."""
+    if python is None:
+        return None
+    script = f"from importlib.metadata import version as v; print(*(v(p) for p in {packages!r}))"
+    return subprocess.run([str(python), "-c", script], capture_output=True, text=True).stdout.split()
+
+
 def describe(
-    baseline_python: Path | None, load_tool: str, command: str, load_at_start: str
+    baseline_python: Path | None,
+    load_tool: str,
+    command: str,
+    load_at_start: str,
+    mlserver_python: Path | None = None,
 ) -> dict[str, str]:
     baseline = "skipped"
-    if baseline_python is not None:
-        script = (
-            "from importlib.metadata import version as v; "
-            "print(v('multi-model-server'), v('sagemaker-inference'), v('xgboost-cpu'))"
+    if out := _versions(baseline_python, ("multi-model-server", "sagemaker-inference", "xgboost-cpu")):
+        baseline = f"MMS: multi-model-server {out[0]}, sagemaker-inference {out[1]}, xgboost {out[2]}"
+    second = "skipped"
+    if out := _versions(mlserver_python, ("mlserver", "mlserver-xgboost", "xgboost-cpu", "uvloop")):
+        second = (
+            f"MLServer {out[0]}, mlserver-xgboost {out[1]}, xgboost {out[2]}, uvloop {out[3]}; "
+            "parallel_workers=0, OMP_NUM_THREADS=1"
         )
-        out = subprocess.run(
-            [str(baseline_python), "-c", script], capture_output=True, text=True
-        ).stdout.split()
-        baseline = f"multi-model-server {out[0]}, sagemaker-inference {out[1]}, xgboost {out[2]}"
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
@@ -64,6 +75,7 @@ def describe(
         "ours": f"xgboost {_version('xgboost-cpu')}, uvicorn {_version('uvicorn')}, "
         f"httptools {_version('httptools')}, uvloop {_version('uvloop')}",
         "baseline": baseline,
+        "second peer": second,
         "java": _java(),
         "load generator": load_tool,
         # The machine may be shared: a busy one slows both sides, and shows here.

@@ -19,12 +19,19 @@ METHOD = """\
   2 s, ours then the baseline's, and each side's median round is reported. A burst of other work on the
   machine then costs one round of one side, not the whole of one side's measurement.
 - **Ours:** `mme serve` (one process: uvicorn + httptools + uvloop, raw ASGI, each response in one write).
-- **Baseline:** multi-model-server + sagemaker-inference in their own virtualenv
+- **Baseline (first peer), MMS:** multi-model-server + sagemaker-inference in their own virtualenv
   (`bench/.work/baseline-venv`), started through `sagemaker_inference.model_server.start_model_server`
   with `SAGEMAKER_MULTI_MODEL=true` and an XGBoost `DefaultInferenceHandler` and
   `HandlerService(DefaultHandlerService)` written the way AWS's bring-your-own-container multi-model
   example writes them (`bench/baseline/`), outside Docker with the machine's Java. It parses CSV with
   numpy: `sagemaker_inference.decoder` fails on the one-row CSV that MMS hands it.
+- **Second peer, MLServer:** Seldon MLServer and mlserver-xgboost in their own virtualenv
+  (`bench/.work/mlserver-venv`, `uvloop<0.22`: 0.22 kills its workers at start, MLServer issue #2286),
+  with its fastest settings here: `parallel_workers=0` and `OMP_NUM_THREADS=1`. The bench writes its
+  `settings.json` and a `model-settings.json` (`mlserver_xgboost.XGBoostModel`) over a link to the same
+  model file (`model.ubj`) under `bench/.work/mlserver`. Its rows (W1 and W4; peer "MLServer") put our
+  V2 route against its own: both get the same `POST /v2/models/{name}/infer` body, one FP32 tensor.
+  The W1 rounds alternate over all four: ours, MMS, ours over V2, MLServer.
 - **Models:** one 25-tree city model (`mme train --locations Chicago_IL`, 4 seeds) hard-linked under
   10,000 names: `NAME/xgboost-model` folders for `POST /models`, `NAME.tar.gz` for the local endpoint.
 - **Load:** W1 and the floors use the load generator named above (wrk: a Lua script sends the POST body and
@@ -48,6 +55,24 @@ METHOD = """\
   an exact LRU simulation of the requests it was sent. "Above idle" is peak PSS minus the server's PSS
   before traffic: what the models and their traffic cost, which is what the budget bounds.
 """
+
+
+PEERS = "MMS (multi-model-server + sagemaker-inference, AWS's image stack) and MLServer"
+COLUMNS = ("workload", "metric", "unit", "ours", "peer", "peer's", "ours vs peer", "note")
+
+
+def _cells(row: Row) -> list[str]:
+    peer = row.peer if row.baseline is not None else ""
+    return [
+        row.workload,
+        row.metric,
+        row.unit,
+        fmt(row.ours),
+        peer,
+        fmt(row.baseline),
+        ratio_text(row),
+        row.note,
+    ]
 
 
 def fmt(value: float | None) -> str:
@@ -76,13 +101,11 @@ def met_text(target: Target) -> str:
 
 def print_table(rows: list[Row], targets: list[Target], limits: list[str]) -> None:
     console = Console(width=160)
-    table = Table(title="xgboost-mme vs multi-model-server + sagemaker-inference")
-    for column in ("workload", "metric", "unit", "ours", "baseline", "ours vs baseline", "note"):
-        table.add_column(column, justify="right" if column in ("ours", "baseline") else "left")
+    table = Table(title=f"xgboost-mme vs {PEERS}")
+    for column in COLUMNS:
+        table.add_column(column, justify="right" if column in ("ours", "peer's") else "left")
     for row in rows:
-        table.add_row(
-            row.workload, row.metric, row.unit, fmt(row.ours), fmt(row.baseline), ratio_text(row), row.note
-        )
+        table.add_row(*_cells(row))
     console.print(table)
     checks = Table(title="Targets")
     for column in ("target", "goal", "result", "", "margin"):
@@ -117,14 +140,8 @@ def write_markdown(
             [[t.name, t.goal, t.actual, met_text(t), t.margin] for t in targets],
         ),
         "## Results",
-        _md_table(
-            ["workload", "metric", "unit", "ours", "baseline", "ours vs baseline", "note"],
-            [
-                [r.workload, r.metric, r.unit, fmt(r.ours), fmt(r.baseline), ratio_text(r), r.note]
-                for r in rows
-            ],
-        ),
-        f"![ours vs baseline per workload]({chart})",
+        _md_table(list(COLUMNS), [_cells(r) for r in rows]),
+        f"![ours vs each peer per workload]({chart})",
         "## How close to the limit",
         "\n".join(f"- {line}" for line in limits) or "Not measured in this run.",
         "## How it was measured",
@@ -159,17 +176,18 @@ def write_chart(path: Path, rows: list[Row]) -> None:
         ys = range(len(group))
         for offset, side, values in (
             (-0.2, "ours (xgboost-mme)", [r.ours for r in group]),
-            (0.2, "baseline (MMS + sagemaker-inference)", [r.baseline for r in group]),
+            (0.2, "peer (MMS + sagemaker-inference, or MLServer)", [r.baseline for r in group]),
         ):
             bars = ax.barh([y + offset for y in ys], values, height=0.4, label=side)
             ax.bar_label(bars, [fmt(v) for v in values], padding=3, fontsize=7)
-        ax.set_yticks(list(ys), [f"{r.workload}: {r.metric} ({r.unit})" for r in group], fontsize=8)
+        labels = [f"{r.workload}: {r.metric} ({r.unit}) vs {r.peer}" for r in group]
+        ax.set_yticks(list(ys), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.margins(x=0.15)
         ax.set_title(f"{title} (log scale)", fontsize=10)
         ax.grid(axis="x", which="major", alpha=0.3)
-    fig.suptitle("xgboost-mme vs multi-model-server + sagemaker-inference: same machine, same run")
+    fig.suptitle("xgboost-mme vs its peers, MMS and MLServer: same machine, same run")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.95))
     fig.tight_layout(rect=(0, 0, 1, 0.92))

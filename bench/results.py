@@ -16,6 +16,7 @@ class Row:
     higher_is_better: bool
     note: str = ""
     comparable: bool = True  # False when the sides ran at different scales: no ratio then
+    peer: str = "MMS"  # whose numbers `baseline` holds: MMS (AWS's image stack) or MLServer
 
     @property
     def ratio(self) -> float | None:

@@ -25,14 +25,17 @@ from bench import baseline
 PORT_RANGE = (20000, 32000)
 
 
-def free_port() -> int:
+def free_port(skip: int = 0) -> int:
+    """A free port; `skip` passes over that many free ones first (a server that needs two)."""
     for port in range(PORT_RANGE[0] + os.getpid() % 5000, PORT_RANGE[1]):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if skip == 0:
             return port
+        skip -= 1
     raise RuntimeError("no free port below 32767")
 
 
@@ -42,6 +45,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    ready: str = "/ping"  # the path that answers 200 once the server serves
 
     @property
     def url(self) -> str:
@@ -86,7 +90,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
             try:
-                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -126,13 +130,15 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def spawn(name: str, cmd: Sequence[str], log: Path, env: dict[str, str], cwd: Path, port: int) -> Server:
+def spawn(
+    name: str, cmd: Sequence[str], log: Path, env: dict[str, str], cwd: Path, port: int, ready: str = "/ping"
+) -> Server:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
         )
-    server = Server(name, proc, port, log)
+    server = Server(name, proc, port, log, ready)
     try:
         server.wait_ready()
     except BaseException:

@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import boto3
 import httpx
 import psutil
 
-from bench import loadgen, servers
+from bench import loadgen, mlserver, servers
 from bench.loadgen import LoadResult
 from bench.models import ROW, ModelSet, csv_rows
 from bench.results import Row
@@ -55,6 +56,7 @@ class Bench:
     mms_python: Path | None  # None: the baseline is skipped
     scale: Scale
     facts: dict[str, float] = field(default_factory=dict)
+    mlserver_python: Path | None = None  # None: MLServer is skipped
 
     def ours(self, *args: str, name: str = "ours") -> Server:
         return servers.start_ours(self.work, ["--model-root", str(self.models.contract), *args], name)
@@ -63,10 +65,18 @@ class Bench:
         assert self.mms_python is not None
         return servers.start_mms(self.work, self.mms_python)
 
-    def sides(self) -> Iterator[tuple[str, Callable[[], Server]]]:
+    def sides(self, mlserver_too: bool = False) -> Iterator[tuple[str, Callable[[], Server]]]:
+        """Ours and each peer in this run; MLServer only where a workload asks for it (W1, W4)."""
         yield "ours", self.ours
         if self.mms_python is not None:
             yield "baseline", self.mms
+        if mlserver_too and self.mlserver_python is not None:
+            yield "mlserver", self.mlserver
+
+    def mlserver(self) -> Server:
+        assert self.mlserver_python is not None
+        booster = self.models.contract / self.models.name(0) / "xgboost-model"
+        return mlserver.start(self.work, self.mlserver_python, {"warm": booster})
 
 
 def load_model(client: httpx.Client, models: ModelSet, i: int, name: str | None = None) -> httpx.Response:
@@ -90,17 +100,49 @@ def pair(
     higher: bool,
     note: str = "",
     comparable: bool = True,
+    peer: str = "MMS",
 ) -> Row:
     return Row(
-        key, workload, metric, unit, values.get("ours"), values.get("baseline"), higher, note, comparable
+        key,
+        workload,
+        metric,
+        unit,
+        values.get("ours"),
+        values.get("baseline"),
+        higher,
+        note,
+        comparable,
+        peer,
     )
 
 
-# --- W1 warm invoke and W4 batch: both servers up, W1 in alternating rounds ----------------------------
+# --- W1 warm invoke and W4 batch: every server up, W1 in alternating rounds ---------------------------
 # Seconds of one W1 round, whole (wrk takes no fractions). On a shared machine a burst of other work lands
 # on whichever server is being measured; alternating short rounds and taking each side's median round
-# gives both the same machine.
+# gives every side the same machine.
 W1_ROUND_SECONDS = 2
+WARM = "/models/warm/invoke"
+V2_WARM = "/v2/models/warm/infer"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One side of a comparison: a server, its route and a body maker (CSV rows -> request body)."""
+
+    side: str
+    server: Server
+    path: str
+    body: Callable[[bytes], bytes]
+    content_type: str
+
+
+# Each peer's rows: (key prefix, the side ours is compared with, our side, the peer's name in the report).
+PEERS = (("", "baseline", "ours", "MMS"), ("mlserver.", "mlserver", "ours-v2", "MLServer"))
+
+
+def _csv(body: bytes) -> bytes:
+    return body
 
 
 def w1_w4(bench: Bench) -> list[Row]:
@@ -110,50 +152,72 @@ def w1_w4(bench: Bench) -> list[Row]:
     rounds = max(1, round(bench.scale.w1_seconds / W1_ROUND_SECONDS))
     seconds = W1_ROUND_SECONDS
     with ExitStack() as stack:
-        running = {side: stack.enter_context(start()) for side, start in bench.sides()}
-        for server in running.values():
+        running = {side: stack.enter_context(start()) for side, start in bench.sides(mlserver_too=True)}
+        legs = []
+        for side, server in running.items():
+            if side == "mlserver":
+                legs.append(Leg(side, server, V2_WARM, mlserver.v2_body, JSON))
+                continue
             with http_client(server) as client:
                 load_model(client, bench.models, 0, "warm").raise_for_status()
-            loadgen.fixed_load(bench.wrk, server.url, "/models/warm/invoke", ROW, 4, 1)  # warm-up
+            legs.append(Leg(side, server, WARM, _csv, CSV["Content-Type"]))
+            if side == "ours" and bench.mlserver_python is not None:
+                legs.append(Leg("ours-v2", server, V2_WARM, mlserver.v2_body, JSON))
+        for leg in legs:  # warm-up
+            loadgen.fixed_load(bench.wrk, leg.server.url, leg.path, leg.body(ROW), 4, 1, "", leg.content_type)
         for concurrency, by_side in w1.items():
             for _ in range(rounds):
-                for side, server in running.items():
-                    used = server.cpu_seconds()
+                for leg in legs:
+                    used = leg.server.cpu_seconds()
                     result = loadgen.fixed_load(
-                        bench.wrk, server.url, "/models/warm/invoke", ROW, concurrency, seconds
-                    )
-                    by_side.setdefault(side, []).append(result)
+                        bench.wrk, leg.server.url, leg.path, leg.body(ROW), concurrency, seconds, "",
+                        leg.content_type,
+                    )  # fmt: skip
+                    by_side.setdefault(leg.side, []).append(result)
                     if concurrency == 16:
-                        cpu[side] = cpu.get(side, 0.0) + server.cpu_seconds() - used
-        for side, server in running.items():
-            with http_client(server) as client:
+                        cpu[leg.side] = cpu.get(leg.side, 0.0) + leg.server.cpu_seconds() - used
+        for leg in legs:
+            with http_client(leg.server) as client:
                 for rows in w4:
-                    body = csv_rows(rows)
-                    invoke(client, "warm", body).raise_for_status()
-                    w4[rows][side] = statistics.median(
-                        timed(lambda b=body: invoke(client, "warm", b)) for _ in range(5)
+                    body = leg.body(csv_rows(rows))
+                    post = partial(
+                        client.post, leg.path, content=body, headers={"Content-Type": leg.content_type}
                     )
+                    post().raise_for_status()
+                    w4[rows][leg.side] = statistics.median(timed(post) for _ in range(5))
     tool = w1[1]["ours"][0].tool
     note = f"{tool}, median of {rounds} × {seconds} s" if rounds > 1 else f"{tool}, {seconds} s"
-    out = []
-    for c, by_side in w1.items():
-        for key, attribute, metric, unit, higher in (
-            (f"rps{c}", "rps", f"req/s, concurrency {c}", "req/s", True),
-            (f"p50_{c}", "p50_ms", f"p50, concurrency {c}", "ms", False),
-            (f"p99_{c}", "p99_ms", f"p99, concurrency {c}", "ms", False),
-        ):
-            values = {
-                side: statistics.median(getattr(result, attribute) for result in results)
-                for side, results in by_side.items()
-            }
-            out.append(
-                pair(f"w1.{key}", "W1 warm invoke", metric, unit, values, higher, note if higher else "")
-            )
-        errors = {side: float(sum(r.errors for r in results)) for side, results in by_side.items()}
-        out.append(pair(f"w1.err{c}", "W1 warm invoke", f"errors, concurrency {c}", "count", errors, False))
     per_request = {side: cpu_us(cpu[side], w1[16][side]) for side in cpu}
-    out.append(
-        pair(
+    out = []
+    for prefix, peer_side, our_side, peer in PEERS:
+        if prefix and peer_side not in w1[1]:
+            continue  # a second peer that is not in this run
+
+        def add(key: str, workload: str, metric: str, unit: str, values: dict[str, float], higher: bool,
+                note: str = "", prefix: str = prefix, ours: str = our_side, theirs: str = peer_side,
+                peer: str = peer) -> None:  # fmt: skip
+            if prefix and note:
+                note += f"; both on POST {V2_WARM.replace('warm', '{name}')}"
+            pick = {"ours": values.get(ours), "baseline": values.get(theirs)}
+            both = {side: value for side, value in pick.items() if value is not None}
+            out.append(
+                pair(key.replace(".", f".{prefix}", 1), workload, metric, unit, both, higher, note, peer=peer)
+            )
+
+        for c, by_side in w1.items():
+            for key, attribute, metric, unit, higher in (
+                (f"rps{c}", "rps", f"req/s, concurrency {c}", "req/s", True),
+                (f"p50_{c}", "p50_ms", f"p50, concurrency {c}", "ms", False),
+                (f"p99_{c}", "p99_ms", f"p99, concurrency {c}", "ms", False),
+            ):
+                values = {
+                    side: statistics.median(getattr(result, attribute) for result in results)
+                    for side, results in by_side.items()
+                }
+                add(f"w1.{key}", "W1 warm invoke", metric, unit, values, higher, note if higher else "")
+            errors = {side: float(sum(r.errors for r in results)) for side, results in by_side.items()}
+            add(f"w1.err{c}", "W1 warm invoke", f"errors, concurrency {c}", "count", errors, False)
+        add(
             "w1.cpu16",
             "W1 warm invoke",
             "server CPU per request, concurrency 16",
@@ -162,12 +226,9 @@ def w1_w4(bench: Bench) -> list[Row]:
             False,
             "user + system of every server process, over all its rounds",
         )
-    )
-    for rows, by_side in w4.items():
-        values = {side: taken * 1e3 for side, taken in by_side.items()}
-        out.append(
-            pair(f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, "median of 5")
-        )
+        for rows, by_side in w4.items():
+            values = {side: taken * 1e3 for side, taken in by_side.items()}
+            add(f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, "median of 5")
     return out
 
 

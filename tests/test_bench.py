@@ -9,9 +9,9 @@ import shutil
 import httpx
 import pytest
 
-from bench import loadgen, report, servers, targets, trace, workloads
+from bench import loadgen, mlserver, report, servers, targets, trace, workloads
 from bench.mme_platform import PlatformEmulator
-from bench.models import ROW
+from bench.models import ROW, csv_rows
 from bench.results import Row
 
 
@@ -46,6 +46,40 @@ def test_server_cpu_time_grows_with_the_requests_it_answers(ours):
     # The server did the work (more than its idle ticks) and no more than the cores could give it.
     assert 0 < used <= 0.5 * (os.cpu_count() or 1) + 0.2
     assert 0 < workloads.cpu_us(used, [result]) < 1e6
+
+
+def test_v2_body_gets_the_csv_rows_predictions_from_our_v2_route(ours):
+    """The body the bench sends MLServer and our V2 route: the same rows, the same predictions."""
+    server, folders = ours
+    httpx.post(f"{server.url}/models", json={"model_name": "a", "url": str(folders[0])}).raise_for_status()
+    csv = csv_rows(3)
+    by_csv = httpx.post(
+        f"{server.url}/models/a/invoke",
+        content=csv,
+        headers={"Content-Type": "text/csv", "Accept": "text/csv"},
+    )
+    by_v2 = httpx.post(f"{server.url}/v2/models/a/infer", content=mlserver.v2_body(csv))
+    by_v2.raise_for_status()
+    (output,) = by_v2.json()["outputs"]
+    assert output["shape"][0] == 3
+    assert output["data"] == pytest.approx([float(x) for x in by_csv.text.split()])
+
+
+def test_mlserver_repository_names_a_model_file_xgboost_loads(make_model_dir, tmp_path):
+    """What MLServer reads: settings.json, and per model a model-settings.json whose uri is the model."""
+    import json
+
+    import xgboost
+
+    model = make_model_dir(0) / "xgboost-model"
+    mlserver.write_repository(tmp_path, {"warm": model}, 20001, 20002)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["http_port"] == 20001 and settings["parallel_workers"] == 0
+    model_settings = json.loads((tmp_path / "warm" / "model-settings.json").read_text())
+    assert model_settings["name"] == "warm"
+    uri = tmp_path / "warm" / model_settings["parameters"]["uri"]
+    assert uri.suffix == ".json"  # the test models are JSON; the bench's are UBJSON
+    xgboost.Booster(model_file=str(uri))  # as mlserver_xgboost's runtime loads it, by its ending
 
 
 def test_load_generator_counts_errors(ours):

@@ -27,17 +27,17 @@ def requirements() -> list[str]:
     ]
 
 
-def ensure_venv(venv: Path) -> Path:
-    """Create (once) the baseline virtualenv; returns its python."""
+def ensure_venv(venv: Path, wanted: list[str] | None = None, what: str = "the baseline") -> Path:
+    """Create (once) a peer's virtualenv of `wanted` (default: the MMS baseline's); returns its python."""
+    wanted = wanted or requirements()
     python = venv / "bin" / "python"
-    wanted = "\n".join(requirements())
     stamp = venv / ".bench-installed"
-    if stamp.exists() and stamp.read_text() == wanted:
+    if stamp.exists() and stamp.read_text() == "\n".join(wanted):
         return python
-    print(f"bench: installing the baseline into {venv} (once) ...", flush=True)
+    print(f"bench: installing {what} into {venv} (once) ...", flush=True)
     base_python = Path(sys.base_prefix) / "bin" / "python3"
     subprocess.run([str(base_python), "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, *requirements()], check=True)
-    stamp.write_text(wanted)
+    subprocess.run([*pip, *wanted], check=True)
+    stamp.write_text("\n".join(wanted))
     return python
