@@ -77,6 +77,15 @@ def read(folder: Path, wanted: bytes) -> Compiled | None:
         return None  # damaged, truncated or of another build: compiled again, never served
 
 
+def is_current(folder: Path, model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> bool:
+    """Whether `folder` holds an intact compiled form of `model_file` as it is now, for these options."""
+    try:
+        wanted = key(model_file, allow_pickle=allow_pickle, limits=limits)
+    except OSError:
+        return False
+    return read(folder, wanted) is not None
+
+
 def write(folder: Path, wanted: bytes, compiled: Compiled) -> bool:
     """Store `compiled` in `folder` under key `wanted`, whole or not at all; False if the folder refuses."""
     payload = _payload(compiled)

@@ -14,6 +14,7 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from prometheus_client import generate_latest
 from handler import outputs
 from handler.errors import HandlerError
 from handler.model import Context, LoadedModel, ModelFilesGone, load_model
-from serve import logs, v2
-from serve.cache import CacheError, Entry, Loaded, ModelCache
+from serve import logs, v2, whole
+from serve.cache import CacheError, Entry, Loaded, Loader, ModelCache, NotLoaded
 from serve.config import ServerConfig
 from serve.endpoint import LocalEndpoint, ModelNotReady, make_endpoint
 from serve.http import HTTPError, Receive, Request, Response, Scope, Send, error_response, json_response
 from serve.metrics import CONTENT_TYPE, Collector, Stats, make_registry
+from serve.peers import Address, Peers
 from serve.runtime import runtime_error
 from serve.source import SourceError
 
@@ -47,6 +49,13 @@ SINGLE_MODEL_NAME = "model"
 INVOKE_SUFFIXES = ("/invoke", "/invocations", "/infer")
 DEFAULT_STATUS_LIMIT = 100
 MAX_URL_BYTES = 4096  # Linux's PATH_MAX
+# With several workers: rounds a POST waits for another worker's load of the same model (see serve/hub.py),
+# how long a report of every worker may take, and how much longer than a request's timeout an unload
+# waits for every worker to drain the model.
+JOIN_ROUNDS = 12
+GATHER_TIMEOUT_S = 10.0
+DROP_GRACE_S = 5.0
+SUMMED_TOTALS = ("memoryUsedBytes", "invocations", "cacheHits", "cacheMisses", "inFlight")
 
 
 def _folder_bytes(folder: Path, root: Path, max_files: int) -> int:
@@ -103,17 +112,23 @@ def _check_model_name(name: Any) -> str:
 class App:
     """The ASGI application; one instance per server process."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, address: Address | None = None) -> None:
         self.config = config
         # Three pools, so slow work never queues in front of fast work: loads (which an artifact can make
         # slow, so each has a thread of its own up to --max-loads), version checks and folder scans (a stat
         # or a HEAD), and large predictions.
+        threads = os.cpu_count() or 1
         self.load_pool = ThreadPoolExecutor(config.max_loads, thread_name_prefix="load")
-        self.stat_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="stat")
-        self.predict_pool = ThreadPoolExecutor(config.workers, thread_name_prefix="predict")
-        self.cache = ModelCache(
-            config.memory_budget, self.load_pool, max_models=config.max_models, eviction=config.eviction
-        )
+        self.stat_pool = ThreadPoolExecutor(threads, thread_name_prefix="stat")
+        self.predict_pool = ThreadPoolExecutor(threads, thread_name_prefix="predict")
+        # One of several workers (serve/workers.py): the hub keeps what they share.
+        self.peers = Peers(address) if address is not None else None
+        budget, eviction = config.memory_budget, config.eviction
+        if self.peers is not None and config.models:
+            budget //= self.peers.workers  # each worker's own LRU, their sum the one budget
+        elif self.peers is not None:
+            eviction = "lru"  # the hub decides 507s; a worker's copies are all of registered models
+        self.cache = ModelCache(budget, self.load_pool, max_models=config.max_models, eviction=eviction)
         self.model_root = Path(os.path.realpath(config.model_root))
         self.ready = False
         self.draining = False
@@ -122,12 +137,14 @@ class App:
         self._cache_dir: Path | None = None
         self.endpoint: LocalEndpoint | None = None
         if config.models:
-            self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
-            self.endpoint = make_endpoint(config, self.cache, self.stat_pool, self._cache_dir)
+            if self.peers is None:
+                self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
+            self.endpoint = make_endpoint(config, self.cache, self.stat_pool, self._cache_dir, self.peers)
         self.stats = Stats()
         self.cache.listeners += [self.stats.on_model_event, logs.model_event]
         disk = self.endpoint.disk if self.endpoint is not None else None
-        self.registry = make_registry(Collector(self.stats, self.cache, disk, config.metrics_top_models))
+        self.collector = Collector(self.stats, self.cache, disk, config.metrics_top_models)
+        self.registry = make_registry(self.collector)
 
     # --- ASGI ----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,6 +188,8 @@ class App:
             if message["type"] == "lifespan.startup":
                 # Listen at once: SageMaker polls /ping and GET /models while models still load.
                 self._startup = asyncio.create_task(self._start())
+                if self.peers is not None:
+                    self.peers.start(asyncio.get_running_loop(), self.on_peer_event)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.draining = True
@@ -221,20 +240,20 @@ class App:
             case ["ping"]:
                 return self._allow(method, "GET", "HEAD") or self.ping()
             case ["metrics"]:
-                return self._allow(method, "GET") or self.metrics()
+                return self._allow(method, "GET") or await self.metrics()
             case ["status"]:
-                return self._allow(method, "GET") or self.status(request)
+                return self._allow(method, "GET") or await self.status(request)
             case ["models"]:
                 if method == "POST":
                     return await self.load_model(request)
-                return self._allow(method, "GET") or self.list_models(request)
+                return self._allow(method, "GET") or await self.list_models(request)
             # A local endpoint's names may be nested (`v2/Chicago_IL.tar.gz`), with or without %2F.
             case ["models", *names, "invoke"] if names:
                 return self._allow(method, "POST") or await self.invoke(request, "/".join(names))
             case ["models", *names] if names:
                 if method == "DELETE":
                     return await self.unload_model("/".join(names))
-                return self._allow(method, "GET") or self.describe_model("/".join(names))
+                return self._allow(method, "GET") or await self.describe_model("/".join(names))
             case ["invocations"]:
                 return self._allow(method, "POST") or await self.invocations(request)
             case ["endpoints", _, "invocations"]:
@@ -257,39 +276,120 @@ class App:
             return json_response({"status": "starting"}, 503)
         return json_response({"status": "healthy"})
 
-    def metrics(self) -> Response:
-        return Response(200, generate_latest(self.registry), CONTENT_TYPE)
+    async def metrics(self) -> Response:
+        if self.peers is None:
+            return Response(200, generate_latest(self.registry), CONTENT_TYPE)
+        answers = await self._gather("metrics")
+        replaced = {
+            "mme_loaded_models": await self._distinct_models([names for _, names in answers]),
+            "mme_model_memory_budget_bytes": self.config.memory_budget,
+        }
+        families = whole.merge_metrics([families for families, _ in answers], replaced)
+        return Response(200, generate_latest(make_registry(whole.Fixed(families))), CONTENT_TYPE)
 
-    def list_models(self, request: Request) -> Response:
+    async def _gather(self, kind: str, *args: Any) -> list[Any]:
+        """Every worker's answer to a report (see on_peer_event), this one's included."""
+        assert self.peers is not None
+        try:
+            answers = await self.peers.gather(kind, *args, timeout=GATHER_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise HTTPError(503, f"cannot report the whole server: {exc}; retry") from None
+        return [answer for answer in answers if answer is not None]
+
+    async def _distinct_models(self, names: list[list[str]]) -> int:
+        """Models the whole server has loaded: the registry's, or (local endpoint) any worker's."""
+        assert self.peers is not None
+        if self.endpoint is None:
+            count, _ = await self.peers.call("totals")
+            return int(count)
+        return len(set().union(*names))
+
+    async def on_peer_event(self, kind: str, arg: Any) -> Any:
+        """What another worker broadcast through the hub, run on this worker's event loop."""
+        if kind == "drop":
+            await self.cache.settle(arg)
+            if arg not in self.cache:
+                return False
+            await self.cache.unload(arg)
+            return True
+        report, *args = arg
+        if report == "metrics":
+            return list(self.collector.collect()), self.cache.sorted_names()
+        if report == "status":
+            return self._status_of(*args), self.cache.sorted_names()
+        if report == "describe":
+            entry = self.cache.get(args[0])
+            return None if entry is None else self._describe(entry)
+        if report == "names":
+            return [(entry.name, entry.url) for entry in self.cache.entries()]
+        raise ValueError(f"unknown report {report!r}")
+
+    async def list_models(self, request: Request) -> Response:
         query = request.query
         size_raw = query.get("page_size", query.get("limit", str(DEFAULT_PAGE_SIZE)))
         if not size_raw.isdigit() or not 1 <= int(size_raw) <= MAX_PAGE_SIZE:
             raise HTTPError(400, f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {size_raw!r}")
         size = int(size_raw)
-        names = self.cache.sorted_names()
+        urls = await self._urls()
+        names = sorted(urls)
         token = query.get("next_page_token")
         if token:
             after = _page_after(token)
             names = [n for n in names if n > after]
         page = names[:size]
         next_token = _page_token(page[-1]) if len(names) > size else None
-        models = [{"modelName": n, "modelUrl": self.cache.get(n).url} for n in page]  # type: ignore[union-attr]
+        models = [{"modelName": n, "modelUrl": urls[n]} for n in page]
         return json_response({"models": models, "nextPageToken": next_token})
 
-    def describe_model(self, name: str) -> Response:
-        entry = self.cache.get(name)
-        if entry is None:
+    async def _urls(self) -> dict[str, str]:
+        """The loaded models' urls by name, of the whole server."""
+        if self.peers is None:
+            return {entry.name: entry.url for entry in self.cache.entries()}
+        if self.endpoint is None:
+            return dict(await self.peers.call("registered"))
+        return {name: url for answer in await self._gather("names") for name, url in answer}
+
+    async def describe_model(self, name: str) -> Response:
+        if self.peers is None:
+            entry = self.cache.get(name)
+            if entry is None:
+                raise HTTPError(404, f"model {name!r} is not loaded")
+            return json_response(self._describe(entry))
+        copies = await self._gather("describe", name)
+        registered = await self.peers.call("describe", name) if self.endpoint is None else None
+        if registered is not None and not copies:
+            # Loaded, but invoked on no worker yet: its counters are zero.
+            unused = {"lastUsed": registered["loadedAt"], "invocations": 0, "misses": 0, "p50Ms": None,
+                      "inFlight": 0, "loads": 1}  # fmt: skip
+            copies.append({**unused, **registered, "hitRatio": None})
+        if not copies:
             raise HTTPError(404, f"model {name!r} is not loaded")
-        return json_response(self._describe(entry))
+        return json_response(whole.merge_models(copies)[0])
 
     def _describe(self, entry: Entry) -> dict[str, Any]:
         return {**entry.describe(), "loads": self.stats.loads.get(entry.name, 0)}
 
-    def status(self, request: Request) -> Response:
+    async def status(self, request: Request) -> Response:
         """What `mme status` shows: the most recently used models and the server's totals."""
         limit_raw = request.query.get("limit", str(DEFAULT_STATUS_LIMIT))
         if not limit_raw.isdigit():
             raise HTTPError(400, f"limit must be a non-negative integer, got {limit_raw!r}")
+        limit = int(limit_raw)
+        if self.peers is None:
+            return json_response(self._status_of(limit))
+        answers = await self._gather("status", limit)
+        totals = {key: sum(status["totals"][key] or 0 for status, _ in answers) for key in SUMMED_TOTALS}
+        first = answers[0][0]["totals"]
+        totals.update(
+            models=await self._distinct_models([names for _, names in answers]),
+            memoryBudgetBytes=self.config.memory_budget,
+            diskUsedBytes=first["diskUsedBytes"],
+            diskBudgetBytes=first["diskBudgetBytes"],
+        )
+        models = whole.merge_models(model for status, _ in answers for model in status["models"])
+        return json_response({"models": models[:limit], "totals": totals})
+
+    def _status_of(self, limit: int) -> dict[str, Any]:
         cache, stats, disk = self.cache, self.stats, self.endpoint.disk if self.endpoint else None
         totals = {
             "models": len(cache),
@@ -302,8 +402,8 @@ class App:
             "cacheMisses": stats.cache_misses,
             "inFlight": stats.in_flight,
         }
-        models = [self._describe(e) for e in cache.entries()[: int(limit_raw)]]
-        return json_response({"models": models, "totals": totals})
+        models = [self._describe(e) for e in cache.entries()[:limit]]
+        return {"models": models, "totals": totals}
 
     async def load_model(self, request: Request) -> Response:
         body = await request.json(self.config.max_body)
@@ -314,10 +414,59 @@ class App:
         if not isinstance(url, str) or not url:
             raise HTTPError(400, "url must be a non-empty string naming the model's folder")
         folder = self._confine(url)
-        if name in self.cache and not self.cache.is_loading(name):
-            raise HTTPError(409, f"model {name!r} is already loaded")
-        entry = await self._load_folder(name, folder, url=url)
-        return json_response({"status": f"model {name!r} loaded", "modelName": name, "sizeBytes": entry.size})
+        if self.peers is not None:
+            size = await self._load_shared(name, folder, url)
+        else:
+            if name in self.cache and not self.cache.is_loading(name):
+                raise HTTPError(409, f"model {name!r} is already loaded")
+            size = (await self._load_folder(name, folder, url=url)).size
+        return json_response({"status": f"model {name!r} loaded", "modelName": name, "sizeBytes": size})
+
+    async def _load_shared(self, name: str, folder: Path, url: str) -> int:
+        """POST /models when several workers serve: the hub registers the model (or answers 409 or
+        507) once, this worker loads its copy; a worker already loading it from this url is joined."""
+        peers = self.peers
+        assert peers is not None
+        estimate = await self._estimate(folder, self.model_root)
+        for _ in range(JOIN_ROUNDS):
+            if await peers.call("claim", peers.worker, name, url, estimate):
+                break
+            size = await peers.call("wait_loaded", name, url)
+            if size is not None:
+                return int(size)
+        else:
+            raise HTTPError(503, f"model {name!r} is still being loaded by another worker; retry")
+
+        async def load() -> int:
+            try:
+                entry = await self.cache.load(name, url, self._folder_loader(name, folder), estimate=estimate)
+            except BaseException:
+                await peers.call("abandon", name)
+                raise
+            await peers.call("commit", name, entry.size)
+            return entry.size
+
+        # A task of its own, so a client that hangs up never leaves the registration half done.
+        return await asyncio.shield(asyncio.ensure_future(load()))
+
+    async def _load_registered(self, name: str) -> bool:
+        """This worker's copy of a model another worker loaded; False if no worker did."""
+        peers = self.peers
+        assert peers is not None
+        url = await peers.call("lookup", name)
+        if url is None:
+            return False
+        folder = self._confine(url)
+
+        def still_loaded() -> None:
+            # Checked on the load thread, after the read: an unload that came meanwhile has been
+            # acknowledged by this worker already, so the copy must not become resident.
+            if peers.hub.lookup(name) != url:
+                raise NotLoaded(f"model {name!r} was unloaded while it loaded")
+
+        estimate = await self._estimate(folder, self.model_root)
+        await self.cache.load(name, url, self._folder_loader(name, folder, still_loaded), estimate=estimate)
+        return True
 
     def _confine(self, url: str) -> Path:
         """Resolve `url` inside --model-root, refusing before any read what escapes it."""
@@ -342,7 +491,17 @@ class App:
     async def _load_folder(self, name: str, folder: Path, url: str | None = None) -> Entry:
         """Load the model in `folder`, whose files must stay inside the model root (for a url) or inside
         the folder itself (single-model mode's --model-dir)."""
+        root = self.model_root if url is not None else Path(os.path.realpath(folder))
+        estimate = await self._estimate(folder, root)
+        return await self.cache.load(
+            name, url or str(folder), self._folder_loader(name, folder), estimate=estimate
+        )
+
+    def _folder_loader(self, name: str, folder: Path, check: Callable[[], None] | None = None) -> Loader:
+        """The load of the model in `folder`, for a load thread; `check` runs after it, on that thread."""
         config = self.config
+        single = self.single_model and name == SINGLE_MODEL_NAME
+        policy = outputs.Policy(single, config.default_accept, config.inference_output)
 
         def loader() -> Loaded:
             model = load_model(
@@ -353,27 +512,46 @@ class App:
                 limits=config.model_limits,
                 ensemble=config.ensemble,
             )
+            if check is not None:
+                check()
             return Loaded(model, model.size_bytes)
 
-        single = self.single_model and name == SINGLE_MODEL_NAME
-        policy = outputs.Policy(single, config.default_accept, config.inference_output)
-        root = self.model_root if url is not None else Path(os.path.realpath(folder))
+        return loader
+
+    async def _estimate(self, folder: Path, root: Path) -> int:
+        """What loading the model in `folder` will take, judged by its files before any is read."""
         loop = asyncio.get_running_loop()
+        config = self.config
         try:
             size = await loop.run_in_executor(
                 self.stat_pool, _folder_bytes, folder, root, config.max_folder_files
             )
         except OSError as exc:
             raise HTTPError(400, f"cannot read the model folder: {exc.strerror}") from None
-        return await self.cache.load(name, url or str(folder), loader, estimate=int(size * ESTIMATE_FACTOR))
+        return int(size * ESTIMATE_FACTOR)
 
     async def unload_model(self, name: str) -> Response:
-        await self.cache.unload(name)
+        if self.peers is None:
+            await self.cache.unload(name)
+        else:
+            # Unregistered at once (no worker loads it again), answered once every worker dropped it.
+            seq, registered = await self.peers.call("drop", name)
+            try:
+                dropped = await self.peers.call("collect", seq, self.config.timeout_s + DROP_GRACE_S)
+            except TimeoutError as exc:
+                raise HTTPError(503, f"model {name!r} is unloaded, but {exc}") from None
+            if not registered and not any(dropped):
+                raise NotLoaded(f"model {name!r} is not loaded")
         return json_response({"status": f"model {name!r} unloaded"})
 
     async def invoke(self, request: Request, name: str) -> Response:
         # Here SageMaker loads the models: a model it has not loaded is a miss it answers with a load.
-        self._count_hit(name in self.cache)
+        resident = name in self.cache
+        if self.peers is not None:
+            if not resident:
+                resident = await self._load_registered(name)  # loaded through another worker
+            self.peers.touched.add(name)
+        self._count_hit(resident)
         body = await request.body(self.config.max_body)
         with self.cache.lease(name) as entry:
             return await self._predict(request, entry.model, body, request.headers.get(TARGET_MODEL))

@@ -266,6 +266,13 @@ class ModelCache:
             task.add_done_callback(lambda done: self._load_done(name, done))
         return await asyncio.shield(task)
 
+    async def settle(self, name: str) -> None:
+        """Wait for a load of `name` in flight to end, however it ends."""
+        task = self._loading.get(name)
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
     def _load_done(self, name: str, task: asyncio.Future[Entry]) -> None:
         if self._loading.get(name) is task:
             del self._loading[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from serve.cache import Entry, Loaded, ModelCache
 from serve.compiler import Compiler
 from serve.config import ServerConfig
 from serve.diskcache import DiskCache
+from serve.peers import Peers, RemoteDisk
 from serve.source import ModelNotFound, ModelSource, SourceUnavailable, validate_name
 
 log = logging.getLogger("mme")
@@ -34,19 +36,20 @@ class LocalEndpoint:
     """`pool` runs version checks only: they must never wait behind loads, which run on the cache's own."""
 
     def __init__(
-        self, config: ServerConfig, cache: ModelCache, pool: Executor, source: ModelSource, disk: DiskCache
+        self,
+        config: ServerConfig,
+        cache: ModelCache,
+        pool: Executor,
+        source: ModelSource,
+        disk: DiskCache | RemoteDisk,
+        compiler: Callable[[Path, Path], None],
     ) -> None:
         self.config = config
         self.cache = cache
         self.pool = pool
         self.source = source
         self.disk = disk
-        self.compiler = Compiler(
-            allow_pickle=config.allow_pickle,
-            limits=config.model_limits,
-            deadline=config.load_timeout,
-            max_processes=config.max_loads,
-        )
+        self.compiler = compiler
 
     async def ensure(self, name: str) -> None:
         """Make `name` resident and current; raise ModelNotReady if that takes over the ready timeout."""
@@ -131,17 +134,37 @@ class LocalEndpoint:
             log.info("preloaded %s", name)
 
 
-def make_endpoint(config: ServerConfig, cache: ModelCache, pool: Executor, cache_dir: Path) -> LocalEndpoint:
-    from serve.source import open_source
+def make_endpoint(
+    config: ServerConfig, cache: ModelCache, pool: Executor, cache_dir: Path | None, peers: Peers | None
+) -> LocalEndpoint:
+    """The endpoint of a whole server (its own disk cache in `cache_dir`), or of one worker (the hub's)."""
+    if peers is not None:
+        disk: DiskCache | RemoteDisk = RemoteDisk(peers, config.disk_budget)
+        return LocalEndpoint(config, cache, pool, _source(config), disk, peers.compile)
+    assert cache_dir is not None
+    compiler = Compiler(
+        allow_pickle=config.allow_pickle,
+        limits=config.model_limits,
+        deadline=config.load_timeout,
+        max_processes=config.max_loads,
+    )
+    source = _source(config)
+    return LocalEndpoint(config, cache, pool, source, make_disk(config, cache_dir, source), compiler)
 
-    assert config.models is not None
-    source = open_source(config.models, s3_endpoint_url=config.s3_endpoint_url)
-    disk = DiskCache(
+
+def make_disk(config: ServerConfig, cache_dir: Path, source: ModelSource | None = None) -> DiskCache:
+    return DiskCache(
         cache_dir,
         config.disk_budget,
-        source,
+        source or _source(config),
         max_unpacked_bytes=config.max_unpacked,
         max_members=config.max_members,
         unpack_timeout=config.load_timeout,
     )
-    return LocalEndpoint(config, cache, pool, source, disk)
+
+
+def _source(config: ServerConfig) -> ModelSource:
+    from serve.source import open_source
+
+    assert config.models is not None
+    return open_source(config.models, s3_endpoint_url=config.s3_endpoint_url)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from serve import config as server_config
 from serve.errors import CommandError
+
+if TYPE_CHECKING:
+    from serve.peers import Address
 
 HELP = "run the inference server: the SageMaker multi-model contract, optionally over a model source"
 SWITCH_INTERVAL_S = 0.0005
@@ -48,28 +52,41 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
+
+    from serve import logs
+
+    config = server_config.from_args(args)
+    check_source(config)
+    sock = listen(config.host, config.port)
+    logs.setup(config.log_format, config.log_level)
+    logs.event(logging.getLogger("mme"), logging.INFO, "config", **config.describe())
+    if config.workers == 1:
+        return serve_socket(config, sock)
+    from serve.workers import supervise
+
+    return supervise(config, sock)
+
+
+def serve_socket(
+    config: server_config.ServerConfig, sock: socket.socket, address: Address | None = None
+) -> int:
+    """Serve on `sock` in this process: the whole server, or (with a hub `address`) one of its workers."""
+    import asyncio
     import signal
     from types import FrameType
 
     import uvicorn
 
-    from serve import logs
     from serve.app import App
     from serve.protocol import Limits, protocol_class
 
-    config = server_config.from_args(args)
-    check_source(config)
-    sock = listen(config.host, config.port)
     # A thread that wants the GIL waits up to this long for the one holding it: at Python's default
     # 5 ms, every hand-off between the event loop and a load (or the compiler's result thread) can add
     # 5 ms to a request. 0.5 ms keeps those waits short at a cost too small to measure.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    logs.setup(config.log_format, config.log_level)
-    logs.event(logging.getLogger("mme"), logging.INFO, "config", **config.describe())
     limits = Limits.of(config, connections=_raise_file_limit(config.max_connections))
-    app = App(config)
+    app = App(config, address)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
