@@ -114,7 +114,10 @@ class ServerProcess:
     def __init__(self, args: list[str], env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})}
+        # One serving process unless a test asks for more (--workers or the variable): every worker
+        # costs a test server its start-up time, and the tests of several workers ask for them.
+        one = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+        full_env = {**one, **os.environ, "SAGEMAKER_BIND_TO_PORT": str(self.port), **(env or {})}
         # A file, not a pipe: a chatty server must never block on a full pipe nobody reads.
         self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(

@@ -185,7 +185,7 @@ def test_7_stalled_uploads_are_bounded_and_freed(server, expected) -> None:
 
 # --- 14: SIGTERM drains what was sent, within a bound ---------------------------------------------
 def test_14_sigterm_answers_every_request_already_sent(models: Path) -> None:
-    server = ServerProcess(["--models", str(models), "--workers", "1", "--log-level", "warning"])
+    server = ServerProcess(["--models", str(models), "--log-level", "warning"])
     try:
         socks = []
         for i in range(64):
@@ -469,7 +469,7 @@ def test_11_disk_cache_never_evicts_a_folder_a_load_reads(tmp_path: Path, artifa
         (source / name).write_bytes(artifact_bytes(seed))
     expected = {name: predict_artifact(artifact_bytes(seed), ROWS) for seed, name in enumerate(names)}
     # Room on disk for two or three unpacked artifacts, while eight loads run at once.
-    server = ServerProcess(["--models", str(source), "--disk-budget", "30KiB", "--workers", "8"])
+    server = ServerProcess(["--models", str(source), "--disk-budget", "30KiB"])
     try:
         assert_all_predicted(hammer(server, names, clients=48, rounds=1), names, expected)
         assert_healthy(server, "d0.tar.gz", expected["d0.tar.gz"])
@@ -485,7 +485,7 @@ def test_12_warm_calls_do_not_wait_for_slow_hostile_loads(tmp_path: Path, artifa
     junk = tar_gz([(tarfile.TarInfo("xgboost-model"), b"\0" * (200 * MiB))])
     for i in range(2):
         (source / f"junk{i}.tar.gz").write_bytes(junk)
-    server = ServerProcess(["--models", str(source), "--workers", "2", "--revalidate-after", "0"])
+    server = ServerProcess(["--models", str(source), "--revalidate-after", "0"])
     try:
         predict(server, "m0.tar.gz")
         finished: list[str] = []
@@ -534,9 +534,7 @@ def test_12_a_cold_load_does_not_wait_for_slow_hostile_loads(
     for i in range(2):
         (source / f"slow{i}.tar.gz").write_bytes(slow)
     cache = tmp_path / "cache"
-    server = ServerProcess(
-        ["--models", str(source), "--cache-dir", str(cache), "--workers", "2", "--load-timeout", "6"]
-    )
+    server = ServerProcess(["--models", str(source), "--cache-dir", str(cache), "--load-timeout", "6"])
     try:
         assert httpx.get(server.url + "/ping").status_code == 200
         answers: dict[str, httpx.Response] = {}
@@ -553,7 +551,7 @@ def test_12_a_cold_load_does_not_wait_for_slow_hostile_loads(
         for thread in threads:
             thread.start()
         time.sleep(1.0)  # both are compiling: a 1.7 MB artifact unpacks in a fraction of that
-        # Before: two load threads (--workers 2) and one compiler process, all held by the slow loads.
+        # Before: the load threads and the one compiler process, all held by the slow loads.
         assert predict(server, "m0.tar.gz") == pytest.approx(expected["m0.tar.gz"], rel=1e-6)
         assert answers == {}, "the cold load was only answered after a hostile load ended"
         for thread in threads:
