@@ -465,6 +465,8 @@ class App:
                 raise NotLoaded(f"model {name!r} was unloaded while it loaded")
 
         estimate = await self._estimate(folder, self.model_root)
+        if name in self.cache and not self.cache.is_loading(name):
+            return True  # another request's copy became resident while this one looked it up
         await self.cache.load(name, url, self._folder_loader(name, folder, still_loaded), estimate=estimate)
         return True
 
