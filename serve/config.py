@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--workers",
         type=int,
-        help="threads for large predictions and version checks (env SAGEMAKER_MODEL_SERVER_WORKERS)",
+        help="serving processes answering as one server (env SAGEMAKER_MODEL_SERVER_WORKERS; default: cores)",
     )
     add("--timeout", type=float, help="seconds per request (env SAGEMAKER_MODEL_SERVER_TIMEOUT[_SECONDS])")
     add("--model-root", help="loads are confined to this folder (default /opt/ml/models)")
