@@ -150,7 +150,9 @@ def spawn(
 def start_ours(work: Path, args: Sequence[str], name: str = "ours") -> Server:
     port = free_port()
     mme = Path(sys.executable).parent / "mme"
-    cmd = [str(mme), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
+    # One serving process unless `args` asks for more (the last --workers wins): the rows are per process.
+    cmd = [str(mme), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+           "--workers", "1", *args]  # fmt: skip
     return spawn(name, cmd, work / "logs" / f"{name}.log", dict(os.environ), work, port)
 
 

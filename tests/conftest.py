@@ -127,9 +127,13 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        wait_for_port(self.port)
-        if wait_ready:
-            self.wait_ready()
+        try:
+            wait_for_port(self.port)
+            if wait_ready:
+                self.wait_ready()
+        except BaseException:
+            self.stop()  # never leave a server running that no test will stop
+            raise
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         import httpx
@@ -138,7 +142,8 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
-            if httpx.get(self.url + "/ping").status_code == 200:
+            # Long: with several workers, a connection waits in the backlog until one has started.
+            if httpx.get(self.url + "/ping", timeout=timeout).status_code == 200:
                 return
             time.sleep(0.05)
         raise TimeoutError("server never became ready")

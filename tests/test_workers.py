@@ -1,0 +1,284 @@
+"""`--workers N`: N serving processes answer as one server, against a real `mme serve` on 127.0.0.1.
+
+Every check goes through fresh connections: the kernel hands each to whichever worker accepts it, so
+a check that holds on 32 connections holds on every worker (a miss of one worker in 2**32).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import xgboost as xgb
+from conftest import ServerProcess, predict_artifact
+
+from handler import compiled
+from handler.forest import ModelLimits
+
+ROW = "0.5,0.25,0.75,0.1,0.9,0.3"
+X = np.array([[0.5, 0.25, 0.75, 0.1, 0.9, 0.3]], dtype=np.float32)
+CSV = {"Content-Type": "text/csv"}
+CONNECTIONS = 32
+
+
+def expected(model_dir: Path) -> list[float]:
+    booster = xgb.Booster(model_file=str(model_dir / "xgboost-model"))
+    return booster.inplace_predict(X).tolist()
+
+
+def on_fresh_connections(server: ServerProcess, method: str, path: str, **kwargs) -> list[httpx.Response]:
+    """The same request on CONNECTIONS new connections at once, so they spread over the workers."""
+
+    def one(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            return client.request(method, path, **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(CONNECTIONS) as pool:
+        return list(pool.map(one, range(CONNECTIONS)))
+
+
+def events(server: ServerProcess, name: str) -> list[dict]:
+    """The server's log events called `name` (it logs with --log-format json)."""
+    found = []
+    for line in server.output().splitlines():
+        if f'"event":"{name}"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+def worker_pids(server: ServerProcess) -> dict[int, int]:
+    """Worker number -> pid of the workers started so far, the latest start of each."""
+    return {event["worker"]: event["pid"] for event in events(server, "worker_started")}
+
+
+def wait_workers(server: ServerProcess, count: int, timeout: float = 60.0) -> dict[int, int]:
+    """The workers' pids, once `count` of them are alive and every one answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = worker_pids(server)
+        alive = len(pids) == count and all(psutil.pid_exists(pid) for pid in pids.values())
+        if alive and all(r.status_code == 200 for r in on_fresh_connections(server, "GET", "/ping")):
+            return pids
+        time.sleep(0.1)
+    raise TimeoutError(f"{count} workers never all answered: {server.output()[-2000:]}")
+
+
+@pytest.fixture
+def model_root(tmp_path: Path, make_model_dir) -> Path:
+    root = tmp_path / "models"
+    for seed in range(4):
+        shutil.copytree(make_model_dir(seed), root / f"m{seed}" / "model")
+    return root
+
+
+def contract_server(start_server, root: Path, workers: int, *args: str) -> ServerProcess:
+    server = start_server("--model-root", str(root), "--workers", str(workers), "--log-format", "json", *args)
+    wait_workers(server, workers)
+    return server
+
+
+def load(client: httpx.Client, root: Path, name: str) -> httpx.Response:
+    return client.post("/models", json={"model_name": name, "url": str(root / name / "model")})
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_the_contract_holds_across_workers(start_server, model_root, make_model_dir, workers):
+    server = contract_server(start_server, model_root, workers)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert load(client, model_root, "m1").status_code == 200
+
+    invoked = on_fresh_connections(server, "POST", "/models/m1/invoke", content=ROW, headers=CSV)
+    assert [r.status_code for r in invoked] == [200] * CONNECTIONS, invoked[0].text
+    assert all(r.json() == pytest.approx(expected(make_model_dir(1)), rel=1e-6) for r in invoked)
+
+    # /status and /metrics report the whole server from any worker.
+    totals = {r.json()["totals"]["invocations"] for r in on_fresh_connections(server, "GET", "/status")}
+    assert totals == {CONNECTIONS}
+    for answer in on_fresh_connections(server, "GET", "/metrics"):
+        lines = answer.text.splitlines()
+        assert "mme_loaded_models 1.0" in lines
+        calls = [line for line in lines if line.startswith("mme_invocations_total")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in calls) == CONNECTIONS
+
+    listed = on_fresh_connections(server, "GET", "/models")
+    url = str(model_root / "m1" / "model")
+    assert all(r.json()["models"] == [{"modelName": "m1", "modelUrl": url}] for r in listed)
+    described = on_fresh_connections(server, "GET", "/models/m1")
+    assert all(r.status_code == 200 for r in described)
+    # One model to whoever asks, its counters those of the whole server.
+    assert {(r.json()["modelUrl"], r.json()["invocations"]) for r in described} == {(url, CONNECTIONS)}
+
+    again = on_fresh_connections(
+        server, "POST", "/models", json={"model_name": "m1", "url": str(model_root / "m2" / "model")}
+    )
+    assert {r.status_code for r in again} == {409}
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.delete("/models/m1").status_code == 200
+    # Returned once no worker serves it: every connection sees it gone, its memory given back.
+    assert {
+        r.status_code for r in on_fresh_connections(server, "POST", "/models/m1/invoke", content=ROW)
+    } == {404}
+    assert {r.status_code for r in on_fresh_connections(server, "GET", "/models/m1")} == {404}
+    assert all(r.json()["models"] == [] for r in on_fresh_connections(server, "GET", "/models"))
+    status = httpx.get(server.url + "/status").json()["totals"]
+    assert (status["models"], status["memoryUsedBytes"]) == (0, 0)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.delete("/models/m1").status_code == 404
+        assert load(client, model_root, "m1").status_code == 200  # and loaded again
+    invoked = on_fresh_connections(server, "POST", "/models/m1/invoke", content=ROW, headers=CSV)
+    assert {r.status_code for r in invoked} == {200}
+
+
+def test_concurrent_loads_of_one_model_through_every_worker_load_it_once(start_server, model_root):
+    server = contract_server(start_server, model_root, 2)
+    body = {"model_name": "m0", "url": str(model_root / "m0" / "model")}
+    answers = on_fresh_connections(server, "POST", "/models", json=body)
+    # As in one process: POSTs that joined the load in flight share its success, later ones find it loaded.
+    statuses = [r.status_code for r in answers]
+    assert set(statuses) <= {200, 409} and 200 in statuses, {r.text for r in answers}
+    assert len({r.json()["sizeBytes"] for r in answers if r.status_code == 200}) == 1
+    loads = [event for event in events(server, "load") if event["model"] == "m0"]
+    assert len(loads) == 1, loads
+
+
+def test_507_is_decided_once_for_the_whole_server(start_server, model_root):
+    server = contract_server(start_server, model_root, 2, "--max-models", "2", "--eviction", "reject")
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert load(client, model_root, "m0").status_code == 200
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert load(client, model_root, "m1").status_code == 200
+    full = [
+        r.status_code
+        for r in on_fresh_connections(
+            server, "POST", "/models", json={"model_name": "m2", "url": str(model_root / "m2" / "model")}
+        )
+    ]
+    assert set(full) == {507}
+    # Copies on other workers never count twice: both models answer from every worker, and still 507.
+    for name in ("m0", "m1"):
+        invoked = on_fresh_connections(server, "POST", f"/models/{name}/invoke", content=ROW, headers=CSV)
+        assert {r.status_code for r in invoked} == {200}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert load(client, model_root, "m2").status_code == 507
+        assert client.delete("/models/m0").status_code == 200
+        assert load(client, model_root, "m2").status_code == 200
+
+
+def test_a_worker_killed_under_load_is_replaced_and_no_model_is_lost(
+    start_server, model_root, make_model_dir
+):
+    server = contract_server(start_server, model_root, 2)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert load(client, model_root, "m3").status_code == 200
+    want = pytest.approx(expected(make_model_dir(3)), rel=1e-6)
+    stop = threading.Event()
+    answered: list[int] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.Client(base_url=server.url, timeout=30) as client:
+                    for _ in range(20):
+                        response = client.post("/models/m3/invoke", content=ROW, headers=CSV)
+                        assert response.status_code == 200 and response.json() == want, response.text
+                        answered.append(1)
+            except httpx.TransportError:
+                continue  # a connection to the killed worker: a client retries on a new one
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        before = worker_pids(server)
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while worker_pids(server).get(0) == before[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = wait_workers(server, 2)
+        assert after[0] != before[0] and after[1] == before[1]
+        count = len(answered)
+        time.sleep(1.0)
+        assert len(answered) > count, "the server stopped answering"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    # The model the dead worker held is still loaded, and the new worker answers it.
+    invoked = on_fresh_connections(server, "POST", "/models/m3/invoke", content=ROW, headers=CSV)
+    assert {r.status_code for r in invoked} == {200}
+    assert all(r.json() == want for r in invoked)
+    assert [event["worker"] for event in events(server, "worker_died")] == [0]
+
+
+def endpoint_server(start_server, source: Path, cache: Path, *args: str) -> ServerProcess:
+    server = start_server(
+        "--models", str(source), "--cache-dir", str(cache), "--workers", "2", "--log-format", "json", *args
+    )
+    wait_workers(server, 2)
+    return server
+
+
+def invoke_everywhere(server: ServerProcess, name: str) -> list[list[float]]:
+    headers = {**CSV, "X-Amzn-SageMaker-Target-Model": name}
+    answers = on_fresh_connections(server, "POST", "/invocations", content=ROW, headers=headers)
+    assert {r.status_code for r in answers} == {200}, {r.text for r in answers}
+    return [r.json() for r in answers]
+
+
+def test_an_overwritten_model_is_compiled_once_and_every_worker_answers_its_new_version(
+    start_server, tmp_path, artifact_bytes
+):
+    source, cache = tmp_path / "source", tmp_path / "cache"
+    source.mkdir()
+    (source / "m.tar.gz").write_bytes(artifact_bytes(0))
+    server = endpoint_server(start_server, source, cache, "--revalidate-after", "0")
+    old = predict_artifact(artifact_bytes(0), X)
+    assert all(answer == pytest.approx(old, rel=1e-6) for answer in invoke_everywhere(server, "m.tar.gz"))
+
+    (source / "m.tar.gz").write_bytes(artifact_bytes(5))
+    new = predict_artifact(artifact_bytes(5), X)
+    assert all(answer == pytest.approx(new, rel=1e-6) for answer in invoke_everywhere(server, "m.tar.gz"))
+    forms = list(cache.glob(f"*/{compiled.FILE_NAME}"))
+    assert len(forms) == 1  # one folder for the new version, the old one gone
+    written = forms[0].stat().st_ino, forms[0].stat().st_mtime_ns
+    assert all(answer == pytest.approx(new, rel=1e-6) for answer in invoke_everywhere(server, "m.tar.gz"))
+    assert (forms[0].stat().st_ino, forms[0].stat().st_mtime_ns) == written  # compiled once
+
+
+def test_a_damaged_compiled_form_is_rebuilt_never_served(start_server, tmp_path, artifact_bytes):
+    source, cache = tmp_path / "source", tmp_path / "cache"
+    source.mkdir()
+    damages = {"truncated.tar.gz": 2, "corrupted.tar.gz": 3}
+    for name, seed in damages.items():
+        (source / name).write_bytes(artifact_bytes(seed))
+    server = endpoint_server(start_server, source, cache)
+    for name, seed in damages.items():
+        invoke_everywhere(server, name)
+        assert httpx.delete(f"{server.url}/models/{name}").status_code == 200  # from every worker
+        (form,) = (
+            f for f in cache.glob(f"*/{compiled.FILE_NAME}") if f.parent.name.endswith(name.split(".")[0])
+        )
+        data = bytearray(form.read_bytes())
+        if name.startswith("truncated"):
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 2] ^= 0xFF
+        form.write_bytes(bytes(data))
+
+        want = predict_artifact(artifact_bytes(seed), X)
+        assert all(answer == pytest.approx(want, rel=1e-6) for answer in invoke_everywhere(server, name))
+        assert form.read_bytes() != bytes(data)  # written again, whole
+        wanted = compiled.key(form.parent / "xgboost-model", allow_pickle=False, limits=ModelLimits())
+        assert compiled.read(form.parent, wanted) is not None
