@@ -41,6 +41,13 @@ class AlreadyLoaded(CacheError):
 class DoesNotFit(CacheError):
     status = 507
 
+    @classmethod
+    def full(cls, used: int, budget: int, models: int, max_models: int | None, state: str) -> DoesNotFit:
+        return cls(
+            f"no room for another model: {used} of {budget} bytes and {models} models {state}"
+            + (f" (at most {max_models})" if max_models else "")
+        )
+
 
 class Lease:
     """A context manager of its own rather than @contextmanager: it is on every invocation's path,
@@ -395,11 +402,8 @@ class ModelCache:
         while reason := full():
             victim = next((n for n in self._entries if n != keep), None)
             if self.eviction == "reject" or victim is None:
-                raise DoesNotFit(
-                    f"no room for another model: {self._used + self._reserved} of {self.budget} bytes "
-                    f"and {len(self._entries)} models resident"
-                    + (f" (at most {self.max_models})" if self.max_models else "")
-                )
+                used = self._used + self._reserved
+                raise DoesNotFit.full(used, self.budget, len(self._entries), self.max_models, "resident")
             self._remove(victim)
             self._emit(victim, "evict", {"reason": reason})
             self._trim_soon()

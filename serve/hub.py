@@ -171,11 +171,7 @@ class Hub:
                 return
             victim = next((n for n, r in self._models.items() if not r.loading), None)
             if self._eviction == "reject" or victim is None:
-                raise DoesNotFit(
-                    f"no room for another model: {self._used} of {self._budget} bytes and "
-                    f"{len(self._models)} models loaded"
-                    + (f" (at most {self._max_models})" if self._max_models else "")
-                )
+                raise DoesNotFit.full(self._used, self._budget, len(self._models), self._max_models, "loaded")
             self._unregister(victim)
             self._broadcast("drop", victim)
 
