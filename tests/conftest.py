@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,6 +107,15 @@ def bucket(s3, request) -> str:
     name = name.strip("-") + f"-{os.getpid() % 10000}-{time.monotonic_ns() % 100000}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def model_root(tmp_path: Path, make_model_dir) -> Path:
+    """/opt/ml/models as SageMaker lays it out: <root>/<name>/model/<artifact files>."""
+    root = tmp_path / "models"
+    for seed in range(8):
+        shutil.copytree(make_model_dir(seed), root / f"m{seed}" / "model")
+    return root
 
 
 class ServerProcess:

@@ -23,15 +23,6 @@ def expected(model_dir: Path, rows: str = ROW) -> list[float]:
     return booster.inplace_predict(x).tolist()
 
 
-@pytest.fixture
-def model_root(tmp_path: Path, make_model_dir) -> Path:
-    """/opt/ml/models as SageMaker lays it out: <root>/<name>/model/<artifact files>."""
-    root = tmp_path / "models"
-    for seed in range(8):
-        shutil.copytree(make_model_dir(seed), root / f"m{seed}" / "model")
-    return root
-
-
 def url(root: Path, name: str) -> str:
     return str(root / name / "model")
 

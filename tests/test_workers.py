@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -71,14 +70,6 @@ def wait_workers(server: ServerProcess, count: int, timeout: float = 60.0) -> di
             return pids
         time.sleep(0.1)
     raise TimeoutError(f"{count} workers never all answered: {server.output()[-2000:]}")
-
-
-@pytest.fixture
-def model_root(tmp_path: Path, make_model_dir) -> Path:
-    root = tmp_path / "models"
-    for seed in range(4):
-        shutil.copytree(make_model_dir(seed), root / f"m{seed}" / "model")
-    return root
 
 
 def contract_server(start_server, root: Path, workers: int, *args: str) -> ServerProcess:
