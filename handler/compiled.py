@@ -1,7 +1,7 @@
 """A model's compiled form: what serving it needs, in one versioned, checksummed file beside the artifact.
 
 Compiling a model (reading its file, checking the tree walker against XGBoost, generating its code)
-costs milliseconds of the GIL; reading the result back costs a file read and a few array copies. So a
+costs milliseconds of the GIL; reading the result back costs mapping a file and a few array checks. So a
 model is compiled once per artifact version and a later load of the same file (a model evicted and
 wanted again) reads `.mme-compiled` instead.
 
@@ -19,8 +19,8 @@ being read again).
 
 from __future__ import annotations
 
-import array
 import hashlib
+import mmap
 import os
 import struct
 import sys
@@ -66,10 +66,16 @@ def key(model_file: Path, *, allow_pickle: bool, limits: ModelLimits) -> bytes:
 
 
 def read(folder: Path, wanted: bytes) -> Compiled | None:
-    """The compiled form in `folder` if it is intact and keyed `wanted`; None otherwise."""
+    """The compiled form in `folder` if it is intact and keyed `wanted`; None otherwise.
+
+    The walker's arrays are views of the file mapped read-only, not copies: every process serving the
+    model shares one physical copy of them, the page cache's. That is safe because the file is never
+    changed in place (write replaces it whole; a removed file stays mapped until its model goes).
+    """
     try:
-        data = (folder / FILE_NAME).read_bytes()
-    except OSError:
+        with (folder / FILE_NAME).open("rb") as file:
+            data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # ValueError: an empty file, which cannot be mapped
         return None
     try:
         return _parse(data, wanted)
@@ -114,7 +120,7 @@ def _payload(compiled: Compiled) -> bytes:
     return b"".join([meta, objective, *(a.tobytes() for a in arrays), compiled.code, compiled.ubjson])
 
 
-def _parse(data: bytes, wanted: bytes) -> Compiled:
+def _parse(data: mmap.mmap, wanted: bytes) -> Compiled:
     magic, version, found, length, crc = _HEADER.unpack_from(data)
     if magic != MAGIC or version != FORMAT or found != wanted:
         raise ValueError("another model's or format's compiled form")
@@ -130,10 +136,11 @@ def _parse(data: bytes, wanted: bytes) -> Compiled:
     if nodes:
         arrays = []
         for typecode, count in zip(_TYPECODES, (roots, *[nodes] * 5), strict=True):
-            values = array.array(typecode)
-            values.frombytes(payload[at : at + 4 * count])
+            section = payload[at : at + 4 * count]
+            if len(section) != 4 * count:
+                raise ValueError("sections do not add up")
+            arrays.append(section.cast(typecode))
             at += 4 * count
-            arrays.append(values)
         walker = TreeWalker.from_arrays(base, width, tuple(arrays))
     code = bytes(payload[at : at + code_size])
     at += code_size

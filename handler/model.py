@@ -139,6 +139,7 @@ def load_model(
     persist: bool = False,
     compiler: Compiler | None = None,
     compiled_only: bool = False,
+    compiled_dir: Path | None = None,
 ) -> LoadedModel:
     """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load.
 
@@ -146,7 +147,8 @@ def load_model(
     the model's compiled form is kept in it and read back by later loads (see handler/compiled.py); a
     `compiler` then writes it when it is missing (in a process of its own: see compile_model). With
     `compiled_only`, NotCompiled unless the load is a read of a current compiled form with a walker
-    (see load_compiled).
+    (see load_compiled). With `compiled_dir`, a folder the server owns, the compiled form is kept there
+    instead, whatever `persist` says: how the workers of a multi-model server share a model's form.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -172,7 +174,8 @@ def load_model(
         read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
         if len(files) == 1 and "predict_fn" not in user:
             key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
-            served = _compiled_model(model_dir, files[0], read, key, persist, compiler, compiled_only)
+            store = compiled_dir or (model_dir if persist else None)
+            served = _compiled_model(store, files[0], read, key, compiler, compiled_only)
             model, walking, n_features, size_bytes, described = served
         elif compiled_only:
             raise NotCompiled(f"{model_dir.name} holds {len(files)} model files")
@@ -302,29 +305,30 @@ def _compile(model_file: Path, read: Callable[[Path], Forest]) -> tuple[compiled
 
 
 def _compiled_model(
-    folder: Path,
+    folder: Path | None,
     model_file: Path,
     read: Callable[[Path], Forest],
     key: Callable[[Path], bytes],
-    persist: bool,
     compiler: Compiler | None = None,
     compiled_only: bool = False,
 ) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int, Forest]:
     """(Booster, walking step, width, size, outline) of a one-file model, from its compiled form: read
-    back from `folder` when persisted there for this very file, else compiled (and then persisted). The
-    outline is a Forest of no trees with the model's objective and classes, for outputs.describe."""
+    back from `folder` when persisted there for this very file, else compiled (and persisted there, if
+    there is a `folder`). The outline is a Forest of no trees with the model's objective and classes,
+    for outputs.describe."""
     wanted = key(model_file)
-    form = compiled.read(folder, wanted) if persist else None
+    form = compiled.read(folder, wanted) if folder is not None else None
     if compiled_only and (form is None or form.walker is None):
         raise NotCompiled(f"{model_file.name} has no current compiled form with a walker")
-    if form is None and persist and compiler is not None:
+    if form is None and folder is not None and compiler is not None:
         compiler(folder, model_file)
         form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here
     booster = None
     if form is None:
         form, booster = _compile(model_file, read)
-        if persist:
-            compiled.write(folder, wanted, form)
+        if folder is not None and compiled.write(folder, wanted, form):
+            # Served from the file, as every later load is: its pages are the copy other processes share.
+            form = compiled.read(folder, wanted) or form
     outline = Forest("gbtree", form.objective, {}, np.zeros(1, np.float32), form.width, form.num_class)
     if form.walker is None:  # XGBoost serves every request: its Booster is the model
         booster = booster or defaults.booster_from_ubjson(form.ubjson)
@@ -341,7 +345,7 @@ def _compiled_model(
 
     # The Booster that checked the walker is dropped here, on the thread that used it (see
     # _on_a_short_lived_thread): requests that need XGBoost build their own when they come.
-    store = _CodeStore(folder, wanted, form) if persist else None
+    store = _CodeStore(folder, wanted, form) if folder is not None else None
     on_demand = _OnDemand(build, defaults.size_bytes(form.ubjson_size))
     walking = WalkingPredict(on_demand, form.width, form.walker, store)
     return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes, outline

@@ -98,13 +98,14 @@ class TreeWalker:
         return self._base
 
     @classmethod
-    def from_arrays(cls, base: float, width: int, arrays: tuple[array.array, ...]) -> TreeWalker:
+    def from_arrays(cls, base: float, width: int, arrays: tuple[array.array | memoryview, ...]) -> TreeWalker:
         """A walker of arrays read back from elsewhere (a file), checked as forest.build checks a model:
         ValueError unless every index is in range and every walk ends (a child's index is above its
         parent's, as from_forest lays trees out)."""
         roots, feature, threshold, left, right, missing = arrays
         n = len(feature)
-        codes = [(a.typecode, a.itemsize) for a in arrays]
+        # Arrays built here, or views of a mapped compiled file (memoryviews, which name their format).
+        codes = [(getattr(a, "typecode", None) or a.format, a.itemsize) for a in arrays]
         if codes != [("i", 4), ("i", 4), ("f", 4), ("i", 4), ("i", 4), ("i", 4)]:
             raise ValueError("walker arrays of the wrong types")
         if not n or not len(roots) or any(len(a) != n for a in (threshold, left, right, missing)):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -136,6 +138,11 @@ class App:
         self._startup: asyncio.Task[None] | None = None
         self._cache_dir: Path | None = None
         self.endpoint: LocalEndpoint | None = None
+        # Contract-mode workers keep each model's compiled form in the server's own folder, mapped by
+        # every worker that serves it: one physical copy of its arrays whatever the worker count.
+        self._compiled_root: Path | None = None
+        if self.peers is not None and not config.models and config.cache_dir is not None:
+            self._compiled_root = config.cache_dir / "compiled"
         if config.models:
             if self.peers is None:
                 self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
@@ -513,6 +520,7 @@ class App:
                 policy=policy,
                 limits=config.model_limits,
                 ensemble=config.ensemble,
+                compiled_dir=self._compiled_dir(name, create=True),
             )
             if check is not None:
                 check()
@@ -532,6 +540,18 @@ class App:
             raise HTTPError(400, f"cannot read the model folder: {exc.strerror}") from None
         return int(size * ESTIMATE_FACTOR)
 
+    def _compiled_dir(self, name: str, *, create: bool = False) -> Path | None:
+        """Where model `name`'s compiled form is shared by the workers; None: kept in memory only."""
+        if self._compiled_root is None:
+            return None
+        folder = self._compiled_root / hashlib.sha256(name.encode()).hexdigest()[:32]
+        if create:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                return None  # a full or read-only disk costs sharing, never the load
+        return folder
+
     async def unload_model(self, name: str) -> Response:
         if self.peers is None:
             await self.cache.unload(name)
@@ -544,6 +564,11 @@ class App:
                 raise HTTPError(503, f"model {name!r} is unloaded, but {exc}") from None
             if not registered and not any(dropped):
                 raise NotLoaded(f"model {name!r} is not loaded")
+            if (shared := self._compiled_dir(name)) is not None:
+                # Mapped copies stay valid after the unlink: a worker still answering keeps its pages.
+                await asyncio.get_running_loop().run_in_executor(
+                    self.stat_pool, functools.partial(shutil.rmtree, shared, ignore_errors=True)
+                )
         return json_response({"status": f"model {name!r} unloaded"})
 
     async def invoke(self, request: Request, name: str) -> Response:

@@ -40,11 +40,9 @@ EXIT_GRACE_S = 5.0
 
 def supervise(config: ServerConfig, sock: socket.socket) -> int:
     state = Path(tempfile.mkdtemp(prefix="mme-hub-"))
-    cache_dir = None
     try:
-        if config.models:
-            cache_dir = config.cache_dir or state / "cache"
-            config = replace(config, cache_dir=cache_dir)
+        # The workers' shared disk: the local endpoint's disk cache, or the contract's compiled forms.
+        config = replace(config, cache_dir=config.cache_dir or state / "cache")
         hub = _make_hub(config)
         authkey = os.urandom(32)
         path = str(state / "hub.sock")

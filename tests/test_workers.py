@@ -273,3 +273,46 @@ def test_a_damaged_compiled_form_is_rebuilt_never_served(start_server, tmp_path,
         assert form.read_bytes() != bytes(data)  # written again, whole
         wanted = compiled.key(form.parent / "xgboost-model", allow_pickle=False, limits=ModelLimits())
         assert compiled.read(form.parent, wanted) is not None
+
+
+def mapped_forms(pids: dict[int, int]) -> dict[int, set[tuple[str, int]]]:
+    """Worker -> the compiled forms it has mapped, as (path, inode) from /proc/PID/maps."""
+    found: dict[int, set[tuple[str, int]]] = {}
+    for worker, pid in pids.items():
+        found[worker] = set()
+        for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and compiled.FILE_NAME in fields[5]:
+                found[worker].add((fields[5], int(fields[4])))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["contract", "endpoint"])
+def test_every_worker_maps_one_shared_copy_of_a_compiled_form_until_it_is_unloaded(
+    start_server, model_root, tmp_path, artifact_bytes, mode
+):
+    cache = tmp_path / "cache"
+    if mode == "contract":
+        server = contract_server(start_server, model_root, 2, "--cache-dir", str(cache))
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert load(client, model_root, "m1").status_code == 200
+        invoked = on_fresh_connections(server, "POST", "/models/m1/invoke", content=ROW, headers=CSV)
+        assert {r.status_code for r in invoked} == {200}
+        name, shared = "m1", cache / "compiled"
+    else:
+        source = tmp_path / "source"
+        source.mkdir()
+        (source / "m.tar.gz").write_bytes(artifact_bytes(4))
+        server = endpoint_server(start_server, source, cache)
+        invoke_everywhere(server, "m.tar.gz")
+        name, shared = "m.tar.gz", cache
+    (form,) = shared.glob(f"*/{compiled.FILE_NAME}")
+    one = {(str(form), form.stat().st_ino)}
+    pids = worker_pids(server)
+    assert mapped_forms(pids) == {0: one, 1: one}  # the same file's pages, not a private copy each
+
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.delete(f"/models/{name}").status_code == 200
+    assert mapped_forms(pids) == {0: set(), 1: set()}  # released by every worker before the answer
+    if mode == "contract":
+        assert not form.parent.exists()  # and the server's own copy on disk is gone
