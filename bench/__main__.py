@@ -19,6 +19,7 @@ from bench import (
     models,
     profile,
     report,
+    scaling,
     targets,
     w5,
     workloads,
@@ -30,13 +31,15 @@ WORK = ROOT / "bench" / ".work"
 DOCS = ROOT / "docs"
 QUICK_OUT = WORK / "quick"
 # Workloads in the order they run: the floors right after W1, so both see the same machine; W2 and W3
-# before W5, which sizes its budget from W2's models and the baseline's scale from what it survived in W3.
+# before W5, which sizes its budget from W2's models and the baseline's scale from what it survived in W3;
+# the serving-process rows size theirs from W2's models too.
 STEPS: list[tuple[str, Callable[[workloads.Bench], list[Row]]]] = [
     ("W1 warm invoke + W4 batch", workloads.w1_w4),
     ("floors", floors.floor_rows),
     ("W2 cold load", workloads.w2),
     ("W3 residency", workloads.w3),
     ("W5 MME workload", w5.w5),
+    ("serving processes", scaling.scaling_rows),
     ("model loads", loads.load_rows),
     ("load storm", loads.storm_rows),
 ]

@@ -7,6 +7,8 @@ import math
 from bench.results import Row, Target
 
 GiB_IN_MiB = 1024
+# A second worker may add its own bookkeeping per model, never a second copy of the model.
+MEMORY_GROWTH = 1.25
 
 
 def _ratio_target(name: str, goal: str, ratio: float | None, need: float, what: str) -> Target:
@@ -57,6 +59,7 @@ def evaluate(rows: list[Row]) -> list[Target]:
     targets.append(_residency(row("w3.10000.pss_mib"), row("w3.10000.failures")))
     targets.extend(_w5(row))
     targets.extend(_loads(row))
+    targets.extend(_workers(row))
     return targets
 
 
@@ -166,6 +169,57 @@ def _loads(row) -> list[Target]:
                 f"{r.ours:.2f}×",
                 r.ours <= 2,
                 "",
+            )
+        )
+    return out
+
+
+def _workers(row) -> list[Target]:
+    """With 2 serving processes: W5 against W1 of the same server, and what a resident model costs."""
+    out = []
+    w5, w1 = row("workers.w5.rps"), row("workers.w1.rps")
+    if w5 and w1 and w5.ours and w1.ours:
+        share = w5.ours / w1.ours
+        out.append(
+            Target(
+                "W5 throughput, 2 workers",
+                "≥ 50% of W1 req/s of the same 2-worker server, in the same run",
+                f"{w5.ours:,.0f} vs W1 {w1.ours:,.0f} req/s",
+                share >= 0.5,
+                f"{share:.0%} of W1",
+            )
+        )
+    for key, name in (
+        ("workers.w5.errors", "W5 errors, 2 workers"),
+        ("workers.w5c.errors", "W5 contract mode errors"),
+    ):
+        r = row(key)
+        if r and r.ours is not None:
+            n = int(r.ours + (r.baseline or 0))
+            out.append(Target(name, "zero errors, 1 and 2 workers", f"{n} errors", n == 0, ""))
+    pss, errors = row("workers.memory.pss_mib"), row("workers.memory.errors")
+    if pss and pss.ours is not None:
+        failed = int(errors.ours or 0) if errors else 0
+        limit = 1.5 * GiB_IN_MiB
+        out.append(
+            Target(
+                "W3 residency, 2 workers",
+                "W3's models under 1.5 GiB in all with 2 workers, each model invoked on both",
+                f"{pss.ours / GiB_IN_MiB:.2f} GiB, {failed} errors",
+                pss.ours < limit and failed == 0,
+                f"{(limit - pss.ours) / GiB_IN_MiB:+.2f} GiB headroom",
+            )
+        )
+    memory = row("workers.memory.per_model_kib")
+    if memory and memory.ours and memory.baseline:
+        growth = memory.ours / memory.baseline
+        out.append(
+            Target(
+                "Memory per model, 2 workers",
+                f"≤ {MEMORY_GROWTH:g}× that of 1 worker (≈ the same)",
+                f"{memory.ours:.1f} vs {memory.baseline:.1f} KiB",
+                growth <= MEMORY_GROWTH,
+                f"{growth:.2f}×",
             )
         )
     return out

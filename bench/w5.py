@@ -66,8 +66,17 @@ def _cache_counts(client: httpx.Client) -> tuple[float, float] | None:
 
 
 def w5(bench: Bench) -> list[Row]:
-    scale = bench.scale
     results: dict[str, dict[str, float]] = {}
+    results["ours"], failed, tool = run_ours(bench, workers=1)
+    if bench.mms_python is not None:
+        results["baseline"] = _w5_baseline(bench)
+    statuses = ", ".join(f"{count} × {status}" for status, count in sorted(failed.items()) if count)
+    return _w5_rows(bench, results, f"ours: {statuses}" if statuses else "", f"ours: {tool}")
+
+
+def run_ours(bench: Bench, workers: int) -> tuple[dict[str, float], Counter[int], str]:
+    """Our local endpoint under W5 with `workers` serving processes: its numbers, failed statuses, tool."""
+    scale = bench.scale
     ours_trace = trace.zipf_trace(scale.w5_models, TRACE_LENGTH)
     budget = int(scale.w5_cache * bench.facts.get("model_bytes", 72 * 1024))
     cache = bench.work / "w5-cache"
@@ -83,12 +92,14 @@ def w5(bench: Bench) -> list[Row]:
         str(budget),
         "--revalidate-after",
         "off",
+        "--workers",
+        str(workers),
     ]
-    with bench.ours(*args, name="ours-w5") as server, http_client(server) as client:
+    with bench.ours(*args, name=f"ours-w5-{workers}") as server, http_client(server) as client:
         # Idle means warmed up and empty: the first requests allocate once what every later one reuses
         # (thread stacks, XGBoost's and numpy's globals), which is the server's footprint, not the models'.
         warm = bench.models.target(0)
-        for _ in range(WARM_UP_CALLS):
+        for _ in range(WARM_UP_CALLS * workers):
             headers = {**CSV, "X-Amzn-SageMaker-Target-Model": warm}
             client.post("/invocations", content=ROW, headers=headers).raise_for_status()
         client.delete(f"/models/{warm}").raise_for_status()
@@ -125,28 +136,23 @@ def w5(bench: Bench) -> list[Row]:
                 )
         used = server.cpu_seconds() - used
         after = _cache_counts(client)
-        hit_ratio = float("nan")
-        if before is not None and after is not None:
-            hits, misses = after[0] - before[0], after[1] - before[1]
-            hit_ratio = hits / (hits + misses) if hits + misses else float("nan")
-        results["ours"] = _w5_numbers(
-            load,
-            hit_ratio,
-            trace.lru_hit_ratio(ours_trace[: load.requests], scale.w5_cache),
-            memory.peak,
-            idle,
-        )
-        results["ours"]["budget_mib"] = budget / MiB
-        results["ours"]["cpu_us"] = cpu_us(used, [load])
-        results["ours"]["first_pass_rps"] = warm_up.rps
-        results["ours"]["first_pass_errors"] = float(warm_up.errors)
-        results["ours"]["first_pass_requests"] = float(warm_up.requests)
     shutil.rmtree(cache, ignore_errors=True)
-    if bench.mms_python is not None:
-        results["baseline"] = _w5_baseline(bench)
-    statuses = ", ".join(f"{count} × {status}" for status, count in sorted(failed.items()) if count)
+    hit_ratio = float("nan")
+    if before is not None and after is not None:
+        hits, misses = after[0] - before[0], after[1] - before[1]
+        hit_ratio = hits / (hits + misses) if hits + misses else float("nan")
+    numbers = _w5_numbers(
+        load, hit_ratio, trace.lru_hit_ratio(ours_trace[: load.requests], scale.w5_cache), memory.peak, idle
+    )
+    numbers.update(
+        budget_mib=budget / MiB,
+        cpu_us=cpu_us(used, [load]),
+        first_pass_rps=warm_up.rps,
+        first_pass_errors=float(warm_up.errors),
+        first_pass_requests=float(warm_up.requests),
+    )
     tool = "wrk, bench/wrk.lua following the trace" if load.tool == "wrk" else "the bench's asyncio client"
-    return _w5_rows(bench, results, f"ours: {statuses}" if statuses else "", f"ours: {tool}")
+    return numbers, failed, tool
 
 
 def _w5_numbers(load: LoadResult, hit_ratio: float, lru: float, peak: int, idle: int) -> dict[str, float]:

@@ -139,3 +139,30 @@ def test_report_writes_table_markdown_and_chart(tmp_path, capsys):
     text = (tmp_path / "b.md").read_text()
     assert "**Missed: W1 throughput, W1 latency.**" in text and "| W2 cold load |" in text
     assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_serving_process_targets_compare_two_workers_with_one():
+    def workers(key, two, one, higher=False):
+        return Row(f"workers.{key}", "2 workers vs 1", key, "", two, one, higher, peer="1 worker")
+
+    rows = [
+        workers("w1.rps", 20_000.0, 15_000.0, True),
+        workers("w5.rps", 9_000.0, 5_000.0, True),
+        workers("w5.errors", 0.0, 0.0),
+        workers("w5c.errors", 0.0, 3.0),
+        workers("memory.per_model_kib", 70.0, 35.0),
+    ]
+    by_name = {t.name: t for t in targets.evaluate(rows)}
+    assert (
+        by_name["W5 throughput, 2 workers"].met is False
+        and by_name["W5 throughput, 2 workers"].margin == "45% of W1"
+    )
+    assert by_name["W5 errors, 2 workers"].met is True
+    assert (
+        by_name["W5 contract mode errors"].met is False
+        and by_name["W5 contract mode errors"].actual == "3 errors"
+    )
+    memory = by_name["Memory per model, 2 workers"]
+    assert memory.met is False and memory.margin == "2.00×"
+    rows[-1] = workers("memory.per_model_kib", 38.0, 35.0)
+    assert {t.name: t for t in targets.evaluate(rows)}["Memory per model, 2 workers"].met is True

@@ -1,0 +1,195 @@
+"""Serving processes: W1, W5, W5 in MME contract mode and W3 (memory per model), with 1 and 2 workers.
+
+Each row compares our server with 2 workers against itself with 1, measured in the same run: the
+"peer" column is the 1-worker server. CPU per request is every server process's user + system time
+over the measured requests, which is what an instance's cores are divided by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+from contextlib import ExitStack
+
+from bench import loadgen, trace, w5
+from bench.loadgen import Connection, LoadResult
+from bench.mme_platform import PlatformEmulator
+from bench.models import ROW
+from bench.results import Row
+from bench.workloads import CSV, W1_ROUND_SECONDS, WARM, Bench, MiB, cpu_us, http_client, load_model
+
+WORKERS = (1, 2)
+PEER = "1 worker"
+W1_CONCURRENCY = 16
+# After W3's models are loaded, every one is invoked this many times, each from a fresh connection:
+# with 2 workers each worker then likely holds its own copy, as on a busy endpoint.
+INVOKES_PER_MODEL = 8
+LOAD_CONCURRENCY = 4
+JSON = {"Content-Type": "application/json"}
+CONTRACT_WARM_UP_S = 10.0
+
+
+def scaling_rows(bench: Bench) -> list[Row]:
+    found: dict[str, dict[int, float]] = {}
+    scale = bench.scale
+
+    def keep(numbers: dict[str, float], workers: int, prefix: str) -> None:
+        for key, value in numbers.items():
+            found.setdefault(f"{prefix}.{key}", {})[workers] = value
+
+    found.update(_w1(bench))
+    for workers in WORKERS:
+        keep(w5.run_ours(bench, workers)[0], workers, "w5")
+        keep(_w5_contract(bench, workers), workers, "w5c")
+        keep(_memory(bench, workers, scale.w3_ours[-1]), workers, "memory")
+    return _rows(bench, found)
+
+
+def _w1(bench: Bench) -> dict[str, dict[int, float]]:
+    """W1 at concurrency 16 on a 1-worker and a 2-worker server, in alternating rounds."""
+    rounds = max(1, round(bench.scale.w1_seconds / W1_ROUND_SECONDS))
+    results: dict[int, list[LoadResult]] = {n: [] for n in WORKERS}
+    cpu = dict.fromkeys(WORKERS, 0.0)
+    with ExitStack() as stack:
+        servers = {
+            n: stack.enter_context(bench.ours("--workers", str(n), name=f"ours-w1-{n}")) for n in WORKERS
+        }
+        for server in servers.values():
+            with http_client(server) as client:
+                load_model(client, bench.models, 0, "warm").raise_for_status()
+            loadgen.fixed_load(bench.wrk, server.url, WARM, ROW, W1_CONCURRENCY, 1)  # every worker's copy
+        for _ in range(rounds):
+            for n, server in servers.items():
+                used = server.cpu_seconds()
+                result = loadgen.fixed_load(
+                    bench.wrk, server.url, WARM, ROW, W1_CONCURRENCY, W1_ROUND_SECONDS
+                )
+                cpu[n] += server.cpu_seconds() - used
+                results[n].append(result)
+    return {
+        "w1.rps": {n: statistics.median(r.rps for r in rs) for n, rs in results.items()},
+        "w1.p99": {n: statistics.median(r.p99_ms for r in rs) for n, rs in results.items()},
+        "w1.errors": {n: float(sum(r.errors for r in rs)) for n, rs in results.items()},
+        "w1.cpu_us": {n: cpu_us(cpu[n], results[n]) for n in WORKERS},
+    }
+
+
+def _w5_contract(bench: Bench, workers: int) -> dict[str, float]:
+    """W5's trace in contract mode: the platform emulator loads on a miss and unloads on 507."""
+    scale = bench.scale
+    budget = int(scale.w5_cache * bench.facts.get("model_bytes", 72 * 1024))
+    names = trace.zipf_trace(scale.w5_models, w5.TRACE_LENGTH)
+    platform = PlatformEmulator(scale.w5_cache, lambda name: str(bench.models.contract / name))
+    args = ("--memory-budget", str(budget), "--workers", str(workers))
+    with bench.ours(*args, name=f"ours-w5c-{workers}") as server:
+        start = 0
+
+        async def call(conn: Connection, i: int) -> bool:
+            return await platform.invoke(conn, bench.models.name(names[start + i]), ROW)
+
+        warm_up = asyncio.run(
+            loadgen.drive(server.url, call, w5.CONCURRENCY, CONTRACT_WARM_UP_S, len(names) // 2)
+        )
+        start = warm_up.requests
+        platform.hits = platform.misses = 0
+        used = server.cpu_seconds()
+        load = asyncio.run(
+            loadgen.drive(server.url, call, w5.CONCURRENCY, scale.w5_seconds, len(names) - start)
+        )
+        used = server.cpu_seconds() - used
+    lru = trace.lru_hit_ratio(names[: start + load.requests], scale.w5_cache)
+    return {
+        "rps": load.rps,
+        "p50": load.p50_ms,
+        "p99": load.p99_ms,
+        "errors": float(load.errors),
+        "hit_ratio": platform.hits / max(1, platform.hits + platform.misses) * 100,
+        "lru_hit_ratio": lru * 100,
+        "cpu_us": cpu_us(used, [load]),
+    }
+
+
+def _memory(bench: Bench, workers: int, count: int) -> dict[str, float]:
+    """W3 through every worker: `count` models loaded, then each invoked from fresh connections (so
+    that with 2 workers each is likely to hold its own copy); PSS in all, and per model above idle."""
+    with bench.ours("--workers", str(workers), name=f"ours-memory-{workers}") as server:
+        with http_client(server) as client:
+            load_model(client, bench.models, 0, "idle").raise_for_status()
+            loadgen.fixed_load(bench.wrk, server.url, "/models/idle/invoke", ROW, W1_CONCURRENCY, 1)
+            client.delete("/models/idle").raise_for_status()
+        idle = server.pss_bytes()
+        bodies = [json.dumps({"model_name": bench.models.name(i), "url": bench.models.url(i)}).encode()
+                  for i in range(1, count + 1)]  # fmt: skip
+        paths = [f"/models/{bench.models.name(i)}/invoke" for i in range(1, count + 1)]
+
+        async def post(conn: Connection, i: int) -> bool:
+            try:
+                status, _ = await conn.request("POST", "/models", bodies[i], JSON)
+                return status == 200
+            finally:
+                conn.close()  # a fresh connection per request spreads them over the workers
+
+        async def call(conn: Connection, i: int) -> bool:
+            try:
+                status, _ = await conn.request("POST", paths[i % count], ROW, CSV)
+                return status == 200
+            finally:
+                conn.close()
+
+        loads = asyncio.run(loadgen.drive(server.url, post, LOAD_CONCURRENCY, 600, count))
+        invokes = asyncio.run(loadgen.drive(server.url, call, W1_CONCURRENCY, 600, count * INVOKES_PER_MODEL))
+        pss = server.pss_bytes()
+    return {
+        "per_model_kib": (pss - idle) / count / 1024,
+        "pss_mib": pss / MiB,
+        "load_ms": loads.seconds / max(1, loads.requests) * 1e3,
+        "errors": float(loads.errors + invokes.errors),
+    }
+
+
+def _rows(bench: Bench, found: dict[str, dict[int, float]]) -> list[Row]:
+    scale = bench.scale
+    w5_name = f"{scale.w5_models:,} models, cache {scale.w5_cache:,}"
+    w3 = scale.w3_ours[-1]
+    rows = []
+    for key, workload, metric, unit, higher, note in (
+        ("w1.rps", "W1, 2 workers vs 1", "req/s, concurrency 16", "req/s", True, "wrk on the same 2 cores"),
+        ("w1.p99", "W1, 2 workers vs 1", "p99, concurrency 16", "ms", False, ""),
+        ("w1.errors", "W1, 2 workers vs 1", "errors", "count", False, ""),
+        ("w1.cpu_us", "W1, 2 workers vs 1", "server CPU per request", "µs", False, "every server process"),
+        ("w5.rps", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "req/s", "req/s", True, "wrk, the trace"),
+        ("w5.p50", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "p50", "ms", False, ""),
+        ("w5.p99", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "p99", "ms", False, ""),
+        ("w5.errors", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "errors", "count", False, ""),
+        ("w5.hit_ratio", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "hit ratio", "%", True,
+         "each worker's LRU sees the requests it answers"),
+        ("w5.lru_hit_ratio", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "exact LRU hit ratio", "%",
+         True, "one LRU of the cache's size over the same requests"),
+        ("w5.cpu_us", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "server CPU per request", "µs",
+         False, "every server process"),
+        ("w5c.rps", f"W5 contract mode, 2 workers vs 1, {w5_name}", "req/s", "req/s", True,
+         "the platform emulator (bench's asyncio client): misses are POST /models, 507 unloads"),
+        ("w5c.p50", f"W5 contract mode, 2 workers vs 1, {w5_name}", "p50", "ms", False, ""),
+        ("w5c.p99", f"W5 contract mode, 2 workers vs 1, {w5_name}", "p99", "ms", False, ""),
+        ("w5c.errors", f"W5 contract mode, 2 workers vs 1, {w5_name}", "errors", "count", False, ""),
+        ("w5c.hit_ratio", f"W5 contract mode, 2 workers vs 1, {w5_name}", "hit ratio", "%", True,
+         "resident on arrival, as the emulator saw it"),
+        ("w5c.lru_hit_ratio", f"W5 contract mode, 2 workers vs 1, {w5_name}", "exact LRU hit ratio", "%",
+         True, ""),
+        ("w5c.cpu_us", f"W5 contract mode, 2 workers vs 1, {w5_name}", "server CPU per request", "µs",
+         False, "every server process"),
+        ("memory.pss_mib", f"W3 through every worker, {w3:,} models, 2 workers vs 1",
+         "PSS of all server processes", "MiB", False,
+         f"after {INVOKES_PER_MODEL} invokes of each model, each on a fresh connection"),
+        ("memory.per_model_kib", f"W3 through every worker, {w3:,} models, 2 workers vs 1",
+         "memory per model", "KiB", False, "PSS above the idle server"),
+        ("memory.load_ms", f"W3 through every worker, {w3:,} models, 2 workers vs 1",
+         "load time per model", "ms", False, f"POST /models from {LOAD_CONCURRENCY} connections"),
+        ("memory.errors", f"W3 through every worker, {w3:,} models, 2 workers vs 1", "errors", "count",
+         False, "loads and invokes"),
+    ):  # fmt: skip
+        values = found.get(key, {})
+        rows.append(Row(f"workers.{key}", workload, metric, unit, values.get(2), values.get(1), higher,
+                        note, peer=PEER))  # fmt: skip
+    return rows
