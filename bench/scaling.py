@@ -148,48 +148,55 @@ def _memory(bench: Bench, workers: int, count: int) -> dict[str, float]:
     }
 
 
+# (key, metric, unit, higher is better) of each W5 variant's rows.
+_W5_METRICS = (
+    ("rps", "req/s", "req/s", True),
+    ("p50", "p50", "ms", False),
+    ("p99", "p99", "ms", False),
+    ("errors", "errors", "count", False),
+    ("hit_ratio", "hit ratio", "%", True),
+    ("lru_hit_ratio", "exact LRU hit ratio", "%", True),
+    ("cpu_us", "server CPU per request", "µs", False),
+)
+
+
 def _rows(bench: Bench, found: dict[str, dict[int, float]]) -> list[Row]:
     scale = bench.scale
-    w5_name = f"{scale.w5_models:,} models, cache {scale.w5_cache:,}"
-    w3 = scale.w3_ours[-1]
+    w5_name = f"2 workers vs 1, {scale.w5_models:,} models, cache {scale.w5_cache:,}"
+    groups = {
+        "w1": ("W1, 2 workers vs 1", (
+            ("rps", "req/s, concurrency 16", "req/s", True),
+            ("p99", "p99, concurrency 16", "ms", False),
+            ("errors", "errors", "count", False),
+            ("cpu_us", "server CPU per request", "µs", False),
+        ), {"rps": "wrk on the same 2 cores", "cpu_us": "every server process"}),
+        "w5": (f"W5 local endpoint, {w5_name}", _W5_METRICS, {
+            "rps": "wrk, the trace",
+            "hit_ratio": "each worker's LRU sees the requests it answers",
+            "lru_hit_ratio": "one LRU of the cache's size over the same requests",
+            "cpu_us": "every server process",
+        }),
+        "w5c": (f"W5 contract mode, {w5_name}", _W5_METRICS, {
+            "rps": "the platform emulator (bench's asyncio client): misses are POST /models, 507 unloads",
+            "hit_ratio": "resident on arrival, as the emulator saw it",
+            "cpu_us": "every server process",
+        }),
+        "memory": (f"W3 through every worker, {scale.w3_ours[-1]:,} models, 2 workers vs 1", (
+            ("pss_mib", "PSS of all server processes", "MiB", False),
+            ("per_model_kib", "memory per model", "KiB", False),
+            ("load_ms", "load time per model", "ms", False),
+            ("errors", "errors", "count", False),
+        ), {
+            "pss_mib": f"after {INVOKES_PER_MODEL} invokes of each model, each on a fresh connection",
+            "per_model_kib": "PSS above the idle server",
+            "load_ms": f"POST /models from {LOAD_CONCURRENCY} connections",
+            "errors": "loads and invokes",
+        }),
+    }  # fmt: skip
     rows = []
-    for key, workload, metric, unit, higher, note in (
-        ("w1.rps", "W1, 2 workers vs 1", "req/s, concurrency 16", "req/s", True, "wrk on the same 2 cores"),
-        ("w1.p99", "W1, 2 workers vs 1", "p99, concurrency 16", "ms", False, ""),
-        ("w1.errors", "W1, 2 workers vs 1", "errors", "count", False, ""),
-        ("w1.cpu_us", "W1, 2 workers vs 1", "server CPU per request", "µs", False, "every server process"),
-        ("w5.rps", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "req/s", "req/s", True, "wrk, the trace"),
-        ("w5.p50", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "p50", "ms", False, ""),
-        ("w5.p99", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "p99", "ms", False, ""),
-        ("w5.errors", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "errors", "count", False, ""),
-        ("w5.hit_ratio", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "hit ratio", "%", True,
-         "each worker's LRU sees the requests it answers"),
-        ("w5.lru_hit_ratio", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "exact LRU hit ratio", "%",
-         True, "one LRU of the cache's size over the same requests"),
-        ("w5.cpu_us", f"W5 local endpoint, 2 workers vs 1, {w5_name}", "server CPU per request", "µs",
-         False, "every server process"),
-        ("w5c.rps", f"W5 contract mode, 2 workers vs 1, {w5_name}", "req/s", "req/s", True,
-         "the platform emulator (bench's asyncio client): misses are POST /models, 507 unloads"),
-        ("w5c.p50", f"W5 contract mode, 2 workers vs 1, {w5_name}", "p50", "ms", False, ""),
-        ("w5c.p99", f"W5 contract mode, 2 workers vs 1, {w5_name}", "p99", "ms", False, ""),
-        ("w5c.errors", f"W5 contract mode, 2 workers vs 1, {w5_name}", "errors", "count", False, ""),
-        ("w5c.hit_ratio", f"W5 contract mode, 2 workers vs 1, {w5_name}", "hit ratio", "%", True,
-         "resident on arrival, as the emulator saw it"),
-        ("w5c.lru_hit_ratio", f"W5 contract mode, 2 workers vs 1, {w5_name}", "exact LRU hit ratio", "%",
-         True, ""),
-        ("w5c.cpu_us", f"W5 contract mode, 2 workers vs 1, {w5_name}", "server CPU per request", "µs",
-         False, "every server process"),
-        ("memory.pss_mib", f"W3 through every worker, {w3:,} models, 2 workers vs 1",
-         "PSS of all server processes", "MiB", False,
-         f"after {INVOKES_PER_MODEL} invokes of each model, each on a fresh connection"),
-        ("memory.per_model_kib", f"W3 through every worker, {w3:,} models, 2 workers vs 1",
-         "memory per model", "KiB", False, "PSS above the idle server"),
-        ("memory.load_ms", f"W3 through every worker, {w3:,} models, 2 workers vs 1",
-         "load time per model", "ms", False, f"POST /models from {LOAD_CONCURRENCY} connections"),
-        ("memory.errors", f"W3 through every worker, {w3:,} models, 2 workers vs 1", "errors", "count",
-         False, "loads and invokes"),
-    ):  # fmt: skip
-        values = found.get(key, {})
-        rows.append(Row(f"workers.{key}", workload, metric, unit, values.get(2), values.get(1), higher,
-                        note, peer=PEER))  # fmt: skip
+    for prefix, (workload, metrics, notes) in groups.items():
+        for key, metric, unit, higher in metrics:
+            values = found.get(f"{prefix}.{key}", {})
+            rows.append(Row(f"workers.{prefix}.{key}", workload, metric, unit, values.get(2), values.get(1),
+                            higher, notes.get(key, ""), peer=PEER))  # fmt: skip
     return rows

@@ -100,18 +100,12 @@ def _w5(row) -> list[Target]:
                 f"{peak.ours / budget.ours * 100:.0f}% of the budget",
             )
         )
-    rps, w1 = row("w5.rps"), row("w1.rps16")
-    if rps and w1 and rps.ours and w1.ours:
-        share = rps.ours / w1.ours
-        out.append(
-            Target(
-                "W5 throughput",
-                "≥ 50% of our own W1 req/s (concurrency 16) in the same run",
-                f"{rps.ours:,.0f} vs W1 {w1.ours:,.0f} req/s",
-                share >= 0.5,
-                f"{share:.0%} of W1",
-            )
+    out.extend(
+        _half_of_w1(
+            "W5 throughput", "≥ 50% of our own W1 req/s (concurrency 16) in the same run",
+            row("w5.rps"), row("w1.rps16"),
         )
+    )  # fmt: skip
     for key, limit in (("p50", 2.0), ("p99", 25.0)):
         latency = row(f"w5.{key}")
         if latency and latency.ours is not None:
@@ -174,21 +168,20 @@ def _loads(row) -> list[Target]:
     return out
 
 
+def _half_of_w1(name: str, goal: str, w5: Row | None, w1: Row | None) -> list[Target]:
+    """W5's req/s as a share of W1's (ours, one run): the target is half."""
+    if not (w5 and w1 and w5.ours and w1.ours):
+        return []
+    share = w5.ours / w1.ours
+    actual = f"{w5.ours:,.0f} vs W1 {w1.ours:,.0f} req/s"
+    return [Target(name, goal, actual, share >= 0.5, f"{share:.0%} of W1")]
+
+
 def _workers(row) -> list[Target]:
     """With 2 serving processes: W5 against W1 of the same server, and what a resident model costs."""
     out = []
-    w5, w1 = row("workers.w5.rps"), row("workers.w1.rps")
-    if w5 and w1 and w5.ours and w1.ours:
-        share = w5.ours / w1.ours
-        out.append(
-            Target(
-                "W5 throughput, 2 workers",
-                "≥ 50% of W1 req/s of the same 2-worker server, in the same run",
-                f"{w5.ours:,.0f} vs W1 {w1.ours:,.0f} req/s",
-                share >= 0.5,
-                f"{share:.0%} of W1",
-            )
-        )
+    goal = "≥ 50% of W1 req/s of the same 2-worker server, in the same run"
+    out.extend(_half_of_w1("W5 throughput, 2 workers", goal, row("workers.w5.rps"), row("workers.w1.rps")))
     for key, name in (
         ("workers.w5.errors", "W5 errors, 2 workers"),
         ("workers.w5c.errors", "W5 contract mode errors"),
