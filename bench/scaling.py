@@ -22,8 +22,9 @@ from bench.workloads import CSV, W1_ROUND_SECONDS, WARM, Bench, MiB, cpu_us, htt
 WORKERS = (1, 2)
 PEER = "1 worker"
 W1_CONCURRENCY = 16
-# After W3's models are loaded, every one is invoked this many times, each from a fresh connection:
-# with 2 workers each worker then likely holds its own copy, as on a busy endpoint.
+# After W3's models are loaded, every one is invoked this many times over W1_CONCURRENCY connections,
+# which the kernel spread over the workers: with 2, each worker then likely holds its own copy of each
+# model (all but ~1% of them), as on a busy endpoint.
 INVOKES_PER_MODEL = 8
 LOAD_CONCURRENCY = 4
 JSON = {"Content-Type": "application/json"}
@@ -111,7 +112,7 @@ def _w5_contract(bench: Bench, workers: int) -> dict[str, float]:
 
 
 def _memory(bench: Bench, workers: int, count: int) -> dict[str, float]:
-    """W3 through every worker: `count` models loaded, then each invoked from fresh connections (so
+    """W3 through every worker: `count` models loaded, then each invoked over several connections (so
     that with 2 workers each is likely to hold its own copy); PSS in all, and per model above idle."""
     with bench.ours("--workers", str(workers), name=f"ours-memory-{workers}") as server:
         with http_client(server) as client:
@@ -130,12 +131,10 @@ def _memory(bench: Bench, workers: int, count: int) -> dict[str, float]:
             finally:
                 conn.close()  # a fresh connection per request spreads them over the workers
 
+        # Keep-alive here: a fresh connection for each of these would run the client out of ports.
         async def call(conn: Connection, i: int) -> bool:
-            try:
-                status, _ = await conn.request("POST", paths[i % count], ROW, CSV)
-                return status == 200
-            finally:
-                conn.close()
+            status, _ = await conn.request("POST", paths[i % count], ROW, CSV)
+            return status == 200
 
         loads = asyncio.run(loadgen.drive(server.url, post, LOAD_CONCURRENCY, 600, count))
         invokes = asyncio.run(loadgen.drive(server.url, call, W1_CONCURRENCY, 600, count * INVOKES_PER_MODEL))
@@ -187,7 +186,7 @@ def _rows(bench: Bench, found: dict[str, dict[int, float]]) -> list[Row]:
             ("load_ms", "load time per model", "ms", False),
             ("errors", "errors", "count", False),
         ), {
-            "pss_mib": f"after {INVOKES_PER_MODEL} invokes of each model, each on a fresh connection",
+            "pss_mib": f"after {INVOKES_PER_MODEL} invokes of each model over {W1_CONCURRENCY} connections",
             "per_model_kib": "PSS above the idle server",
             "load_ms": f"POST /models from {LOAD_CONCURRENCY} connections",
             "errors": "loads and invokes",

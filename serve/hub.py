@@ -300,11 +300,13 @@ class _Manager(BaseManager):
     pass
 
 
-def serve(hub: Hub, address: str, authkey: bytes) -> None:
-    """Answer workers' calls on `address`, from threads of this (the supervisor's) process."""
+def serve(hub: Hub, address: str, authkey: bytes) -> Callable[[], None]:
+    """Answer workers' calls on `address`, from threads of this (the supervisor's) process; returns
+    what stops listening (and removes the socket), once no worker is left to call."""
     _Manager.register("hub", callable=lambda: hub)
     server = _Manager(address=address, authkey=authkey).get_server()
     threading.Thread(target=server.serve_forever, daemon=True, name="hub").start()
+    return server.listener.close
 
 
 def connect(address: str, authkey: bytes) -> Any:

@@ -46,8 +46,11 @@ def supervise(config: ServerConfig, sock: socket.socket) -> int:
         hub = _make_hub(config)
         authkey = os.urandom(32)
         path = str(state / "hub.sock")
-        serve(hub, path, authkey)
-        return _Supervisor(config, sock, hub, path, authkey).run()
+        stop_hub = serve(hub, path, authkey)
+        try:
+            return _Supervisor(config, sock, hub, path, authkey).run()
+        finally:
+            stop_hub()  # before the folder goes: it unlinks its socket, which at exit would be gone
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
