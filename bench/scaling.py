@@ -121,8 +121,8 @@ def _memory(bench: Bench, workers: int, count: int) -> dict[str, float]:
             client.delete("/models/idle").raise_for_status()
         idle = server.pss_bytes()
         bodies = [json.dumps({"model_name": bench.models.name(i), "url": bench.models.url(i)}).encode()
-                  for i in range(1, count + 1)]  # fmt: skip
-        paths = [f"/models/{bench.models.name(i)}/invoke" for i in range(1, count + 1)]
+                  for i in range(count)]  # fmt: skip
+        paths = [f"/models/{bench.models.name(i)}/invoke" for i in range(count)]
 
         async def post(conn: Connection, i: int) -> bool:
             try:
