@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -21,6 +22,8 @@ from serve.files import atomic_write
 from serve.s3 import parse_s3_url, s3_client
 
 MAX_NAME_BYTES = 1024  # S3's own key limit
+# Checked on every request's TargetModel: one regex scan, not a Python loop over its characters.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 SUFFIX = ".tar.gz"
 
 
@@ -97,7 +100,7 @@ def validate_name(name: str) -> str:
     shown = name if len(name) <= 200 else name[:200] + "..."
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise ModelNotFound(f"model name '{shown}' is longer than {MAX_NAME_BYTES} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise ModelNotFound(f"model name {shown!r} contains control characters")
     if "\\" in name:
         raise ModelNotFound(f"model name '{shown}' contains a backslash")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
-import zlib
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ from conftest import N_FEATURES, predict_artifact, train_booster
 from handler import compiled
 from handler.forest import ModelLimits
 from handler.model import Context, WalkingPredict, load_model
-from handler.treewalk import MAX_ROWS
+from handler.treewalk import MAX_ROWS, TreeWalker
 
 ROW = b"0.5,0.25,0.75,0.1,0.9,0.3"
 X = np.array([[0.5, 0.25, 0.75, 0.1, 0.9, 0.3]], dtype=np.float32)
@@ -62,14 +62,14 @@ def test_without_persist_nothing_is_written_into_the_folder(tmp_path, booster):
 
 
 def _damaged(data: bytes) -> list[bytes]:
-    header = struct.calcsize("<4sI32sQI")
+    header = struct.calcsize("<4sI32sQ32s")
     flipped = bytearray(data)
     flipped[header + 40] ^= 0x5A
     # A payload damaged and its checksum made to match: the arrays' own checks must catch it.
     forged = bytearray(data)
     roots = header + compiled._META.size + len(b"reg:squarederror")
     struct.pack_into("<i", forged, roots + 4 * 2, 10**6)  # the third tree's root, far out of range
-    struct.pack_into("<I", forged, header - 4, zlib.crc32(forged[header:]))
+    forged[header - 32 : header] = hashlib.sha256(forged[header:]).digest()
     return [data[: len(data) // 2], data[:10], b"", bytes(flipped), bytes(forged), b"MMEC" + data[4:-1]]
 
 
@@ -89,6 +89,22 @@ def test_a_damaged_compiled_form_is_detected_and_rebuilt(tmp_path, booster, case
     body = "\n".join(",".join(repr(float(v)) for v in row) for row in many).encode()
     for line, want in zip(body.splitlines(), booster.inplace_predict(many).tolist(), strict=True):
         assert answer(model, line) == [want]
+
+
+def test_arrays_are_checked_once_per_content_and_a_changed_payload_again(tmp_path, booster, monkeypatch):
+    folder = folder_of(tmp_path, booster)
+    load_model(folder, persist=True)  # written and read back: its payload's digest is a checked one
+    wanted = compiled.key(folder / "xgboost-model.ubj", allow_pickle=False, limits=ModelLimits())
+
+    def unchecked(*args: object) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(TreeWalker, "from_arrays", unchecked)
+    assert compiled.read(folder, wanted) is not None  # the same bytes: not checked again
+    path = folder / compiled.FILE_NAME
+    path.write_bytes(_damaged(path.read_bytes())[4])  # forged: other bytes, a digest of their own
+    with pytest.raises(AssertionError, match="checked again"):
+        compiled.read(folder, wanted)
 
 
 def test_a_model_file_changed_in_place_is_compiled_again(tmp_path, booster):
