@@ -47,10 +47,6 @@ Step = Callable[[Any, Any, "Context"], Any]
 _PLAIN_CSV = (None, "text/csv")
 
 
-class NotCompiled(Exception):
-    """load_model(compiled_only=True) would have to do more than read a current compiled form."""
-
-
 class ModelFilesGone(HandlerError):
     """A walked model's file, needed for its Booster, is no longer the one it was loaded from."""
 
@@ -138,7 +134,6 @@ def load_model(
     ensemble: bool = True,
     persist: bool = False,
     compiler: Compiler | None = None,
-    compiled_only: bool = False,
     compiled_dir: Path | None = None,
 ) -> LoadedModel:
     """The model in model_dir, with its handler functions bound; ModelLoadError saying why it cannot load.
@@ -146,8 +141,7 @@ def load_model(
     With `persist`, a folder the server owns (the local endpoint's disk cache, one per artifact version),
     the model's compiled form is kept in it and read back by later loads (see handler/compiled.py); a
     `compiler` then writes it when it is missing (in a process of its own: see compile_model). With
-    `compiled_only`, NotCompiled unless the load is a read of a current compiled form with a walker
-    (see load_compiled). With `compiled_dir`, a folder the server owns, the compiled form is kept there
+    `compiled_dir`, a folder the server owns, the compiled form is kept there
     instead, whatever `persist` says: how the workers of a multi-model server share a model's form.
     """
     model_dir = Path(model_dir)
@@ -175,10 +169,8 @@ def load_model(
         if len(files) == 1 and "predict_fn" not in user:
             key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
             store = compiled_dir or (model_dir if persist else None)
-            served = _compiled_model(store, files[0], read, key, compiler, compiled_only)
+            served = _compiled_model(store, files[0], read, key, compiler)
             model, walking, n_features, size_bytes, described = served
-        elif compiled_only:
-            raise NotCompiled(f"{model_dir.name} holds {len(files)} model files")
         else:
             forests = [read(path) for path in files]
             raws = [defaults.to_ubjson(one) for one in forests]
@@ -195,8 +187,7 @@ def load_model(
             body, content_type or DEFAULT_CONTENT_TYPE, context
         )
     else:
-        input_fn = defaults.input_fn
-        input_step = lambda body, content_type, context: input_fn(body, content_type, n_features)  # noqa: E731
+        input_step = _default_input(n_features)
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
     elif walking is not None:
@@ -209,27 +200,54 @@ def load_model(
     if "output_fn" in user:
         output_step = _user_output_step(_user_step("output_fn", user["output_fn"]), policy.default_accept)
     else:
-        respond = outputs.respond
-        output_step = lambda prediction, accept, context: respond(  # noqa: E731
-            prediction, accept, context.custom_attributes, info
-        )
+        output_step = _default_output(info)
     fast = walking if "input_fn" not in user else None
     default_input = None if "input_fn" in user else info
     return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast, default_input)
+
+
+def _default_input(n_features: int | None) -> Step:
+    input_fn = defaults.input_fn
+    return lambda body, content_type, context: input_fn(body, content_type, n_features)
+
+
+def _default_output(info: outputs.ModelOutputs) -> Step:
+    respond = outputs.respond
+    return lambda prediction, accept, context: respond(prediction, accept, context.custom_attributes, info)
 
 
 def load_compiled(
     model_dir: Path, *, allow_pickle: bool, limits: ModelLimits, ensemble: bool
 ) -> LoadedModel | None:
     """load_model(model_dir, persist=True) when that is only a read of the folder's current compiled form
-    of a walked model: a file read and a few array checks, no XGBoost, no compiling, no user code, so
-    cheap enough for the event loop. None when the load needs more (a load thread then does it all)."""
+    of a walked model: a file mapped and hashed, no XGBoost, no compiling, no user code, so cheap enough
+    for the event loop. None when the load needs more (a load thread then does it all, and says what
+    is wrong, if anything is).
+
+    For folders that nothing changes once unpacked, the local endpoint's disk cache: one listing says
+    the folder holds one model file and neither code/ nor an inference_output file, which a full load
+    would read (every re-miss costs those few lookups less)."""
     try:
-        return load_model(model_dir, allow_pickle=allow_pickle, limits=limits, ensemble=ensemble,
-                          persist=True, compiled_only=True)  # fmt: skip
-    except (NotCompiled, ModelLoadError, OSError):
-        # Whatever went wrong (user code, no model file) is said by the full load, which meets it again.
+        names = os.listdir(model_dir)
+        chosen = defaults.find_artifacts(names, model_dir.name, ensemble=ensemble)
+    except (OSError, ModelLoadError):
         return None
+    if len(chosen) != 1 or user_code.CODE_FOLDER in names or outputs.MODEL_FILE in names:
+        return None
+    model_file = model_dir / chosen[0]
+    try:
+        wanted = compiled.key(model_file, allow_pickle=allow_pickle, limits=limits)
+    except OSError:
+        return None
+    form = compiled.read(model_dir, wanted)
+    if form is None or form.walker is None:
+        return None
+    read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
+    key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
+    walking = _walking(form, model_dir, model_file, wanted, read, key)
+    info = outputs.ModelOutputs(form.objective, form.num_class, form.width)
+    size = _WALKED_MODEL_OVERHEAD + form.walker.nbytes
+    return LoadedModel(None, _default_input(form.width), walking, _default_output(info), size, walking, info)
 
 
 # What a model served by its walker takes besides the walker's arrays: the Python objects of the model,
@@ -310,7 +328,6 @@ def _compiled_model(
     read: Callable[[Path], Forest],
     key: Callable[[Path], bytes],
     compiler: Compiler | None = None,
-    compiled_only: bool = False,
 ) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int, Forest]:
     """(Booster, walking step, width, size, outline) of a one-file model, from its compiled form: read
     back from `folder` when persisted there for this very file, else compiled (and persisted there, if
@@ -318,8 +335,6 @@ def _compiled_model(
     for outputs.describe."""
     wanted = key(model_file)
     form = compiled.read(folder, wanted) if folder is not None else None
-    if compiled_only and (form is None or form.walker is None):
-        raise NotCompiled(f"{model_file.name} has no current compiled form with a walker")
     if form is None and folder is not None and compiler is not None:
         compiler(folder, model_file)
         form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here
@@ -334,6 +349,21 @@ def _compiled_model(
         booster = booster or defaults.booster_from_ubjson(form.ubjson)
         return booster, None, form.width, defaults.size_bytes(form.ubjson_size), outline
 
+    walking = _walking(form, folder, model_file, wanted, read, key)
+    return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes, outline
+
+
+def _walking(
+    form: compiled.Compiled,
+    folder: Path | None,
+    model_file: Path,
+    wanted: bytes,
+    read: Callable[[Path], Forest],
+    key: Callable[[Path], bytes],
+) -> WalkingPredict:
+    """The predict step of a model its compiled form's walker serves; its Booster is built from
+    `model_file` on demand, after a check that the file is still the one compiled."""
+
     def build() -> xgb.Booster:
         try:
             current = key(model_file)
@@ -343,12 +373,12 @@ def _compiled_model(
             raise ModelFilesGone(f"{model_file.name} changed or left the disk since the model was loaded")
         return defaults.booster_from_ubjson(defaults.to_ubjson(read(model_file)))
 
-    # The Booster that checked the walker is dropped here, on the thread that used it (see
+    # The Booster that checked the walker is dropped by the caller, on the thread that used it (see
     # _on_a_short_lived_thread): requests that need XGBoost build their own when they come.
     store = _CodeStore(folder, wanted, form) if folder is not None else None
-    on_demand = _OnDemand(build, defaults.size_bytes(form.ubjson_size))
-    walking = WalkingPredict(on_demand, form.width, form.walker, store)
-    return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes, outline
+    return WalkingPredict(
+        _OnDemand(build, defaults.size_bytes(form.ubjson_size)), form.width, form.walker, store
+    )
 
 
 class _CodeStore:

@@ -14,6 +14,7 @@ from typing import Any
 from handler.errors import ModelLoadError
 
 FUNCTION_NAMES = ("model_fn", "input_fn", "predict_fn", "output_fn")
+CODE_FOLDER = "code"
 USER_CODE_OPT_IN = "--allow-user-code (MME_ALLOW_USER_CODE=true)"
 
 _module_numbers = itertools.count()
@@ -23,7 +24,7 @@ _import_lock = threading.Lock()
 
 def load_user_functions(model_dir: Path, *, allowed: bool) -> dict[str, Callable[..., Any]]:
     """The handler functions model_dir/code/inference.py defines (none if it has no such file)."""
-    path = model_dir / "code" / "inference.py"
+    path = model_dir / CODE_FOLDER / "inference.py"
     if not path.is_file():
         return {}
     if not allowed:

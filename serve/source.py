@@ -145,6 +145,10 @@ class FolderSource:
         self._require_root()
 
     def _path(self, name: str) -> Path:
+        return self._locate(name)[0]
+
+    def _locate(self, name: str) -> tuple[Path, os.stat_result | None]:
+        """The path of `name` and, when no link leads to it, its own lstat (which is then its stat)."""
         path = self.root / validate_name(name)
         # The root is resolved and names hold no '.' or '..': without a link below the root the path is
         # its own, which one lstat per segment shows (resolve() walks every folder from / in Python).
@@ -152,16 +156,17 @@ class FolderSource:
         for segment in name.split("/"):
             below = f"{below}/{segment}"
             try:
-                if stat.S_ISLNK(os.lstat(below).st_mode):
-                    break
+                info = os.lstat(below)
             except OSError:
-                return path  # nothing there: the caller's own stat or open says so
+                return path, None  # nothing there: the caller's own stat or open says so
+            if stat.S_ISLNK(info.st_mode):
+                break
         else:
-            return path
+            return path, info
         path = path.resolve()
         if not path.is_relative_to(self.root):
             raise ModelNotFound(f"model '{name}' resolves outside {self.describe()}")
-        return path
+        return path, None
 
     def _require_root(self) -> None:
         if not self.root.is_dir():
@@ -182,9 +187,9 @@ class FolderSource:
         yield from sorted(found)
 
     def version(self, name: str) -> Version:
-        path = self._path(name)
+        path, st = self._locate(name)
         try:
-            st = path.stat()
+            st = st or path.stat()
         except FileNotFoundError:
             raise ModelNotFound(f"model '{name}' not found in {self.describe()}") from None
         except OSError as exc:

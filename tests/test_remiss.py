@@ -65,12 +65,16 @@ def test_no_quick_load_from_a_damaged_or_stale_form(tmp_path, booster):
     assert load_compiled(folder, **OPTIONS) is None
 
 
-def test_no_quick_load_of_user_code_or_a_model_xgboost_serves(tmp_path, booster):
+def test_no_quick_load_of_user_code_output_keys_or_a_model_xgboost_serves(tmp_path, booster):
     coded = folder_of(tmp_path, booster, "coded")
     load_model(coded, persist=True)
     (coded / "code").mkdir()
     (coded / "code" / "inference.py").write_text("def predict_fn(data, model):\n    return [0.0]\n")
     assert load_compiled(coded, **OPTIONS) is None  # user code runs only on a load thread, if allowed
+    keyed = folder_of(tmp_path, booster, "keyed")
+    load_model(keyed, persist=True)
+    (keyed / "inference_output").write_text("predicted_label\n")
+    assert load_compiled(keyed, **OPTIONS) is None  # a full load reads (and checks) the folder's keys
     x = np.random.default_rng(0).random((200, N_FEATURES), dtype=np.float32)
     logistic = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, label=x[:, 0] > 0.5), 5)
     plain = folder_of(tmp_path, logistic, "plain")
