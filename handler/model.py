@@ -516,16 +516,15 @@ class WalkingPredict:
         self._due = self.WARM_AFTER if walker is None else self.HOT_AFTER  # when the next build starts
         self._walker = walker
         self._walk: Callable[[np.ndarray], np.ndarray] | None = None if walker is None else walker.predict
-        self._walk_row: Callable[[list[float]], np.ndarray] | None = None
+        self._walk_row: Callable[[list[float]], np.ndarray] | None = (
+            None if walker is None else walker.predict_row
+        )
         self.walker_built = _Latch(done=walker is not None)  # set once tried, whether a walker came of it
         self.code_built = _Latch()
         self.reserve: Callable[[int], bool] | None = None
 
     def __call__(self, data: Any, model: Any, context: Context) -> Any:
-        self._calls += 1
-        if self._calls >= self._due:
-            self._due = sys.maxsize  # one build at a time; a build that succeeds sets the next
-            threading.Thread(target=self._build, name="walker", daemon=True).start()
+        self._count()
         walk = self._walk
         # A real-time request is a row or a few: walking them beats XGBoost's fixed per-call cost.
         if walk is not None and type(data) is np.ndarray and len(data) <= treewalk.MAX_ROWS:
@@ -536,13 +535,23 @@ class WalkingPredict:
         return self._booster.get(self.reserve)
 
     def csv_row(self, body: bytes) -> np.ndarray | None:
-        """What input_fn then this step would predict for a one-row CSV body, once the model has its
-        generated code; None for any other body, or before, and the full path answers."""
+        """What input_fn then this step would predict for a one-row CSV body, walked (by the walker or
+        its generated code) without numpy; None for any other body, or with no walker yet, and the full
+        path answers."""
         walk_row = self._walk_row
         if walk_row is None:
             return None
         row = codecs.csv_row(body, self._width)
-        return None if row is None else walk_row(row)
+        if row is None:
+            return None
+        self._count()
+        return walk_row(row)
+
+    def _count(self) -> None:
+        self._calls += 1
+        if self._calls >= self._due:
+            self._due = sys.maxsize  # one build at a time; a build that succeeds sets the next
+            threading.Thread(target=self._build, name="walker", daemon=True).start()
 
     def _build(self) -> None:
         if self._walker is None:
@@ -552,6 +561,7 @@ class WalkingPredict:
                 self._walker = treewalk.TreeWalker.compile(forest, booster.inplace_predict)
                 if self._walker is not None:
                     self._walk = self._walker.predict
+                    self._walk_row = self._walker.predict_row
                     self._due = self.HOT_AFTER
             finally:
                 self.walker_built.set()

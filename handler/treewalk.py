@@ -166,6 +166,18 @@ class TreeWalker:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Float32 predictions of float32 rows, summed in tree order from base_score as XGBoost sums."""
+        out = array.array("f", bytes(4 * len(rows)))
+        for i, row in enumerate(rows.tolist()):
+            self._walk(row, out, i)
+        return np.frombuffer(out, dtype=np.float32)
+
+    def predict_row(self, row: list[float]) -> np.ndarray:
+        """predict() of one row given as float32 values in a list: no numpy on the way in."""
+        out = array.array("f", _ONE_ZERO)
+        self._walk(row, out, 0)
+        return np.frombuffer(out, dtype=np.float32)
+
+    def _walk(self, row: list[float], out: array.array, i: int) -> None:
         feature, threshold, left, right, missing = (
             self._feature,
             self._threshold,
@@ -173,25 +185,22 @@ class TreeWalker:
             self._right,
             self._missing,
         )
-        out = array.array("f", bytes(4 * len(rows)))
-        for i, row in enumerate(rows.tolist()):
-            # XGBoost adds each tree's leaf to a float32 total. Adding in double and storing into a float32
-            # slot rounds each step to exactly that: double has more than twice float32's precision.
-            out[i] = self._base
-            for node in self._roots:
+        # XGBoost adds each tree's leaf to a float32 total. Adding in double and storing into a float32
+        # slot rounds each step to exactly that: double has more than twice float32's precision.
+        out[i] = self._base
+        for node in self._roots:
+            f = feature[node]
+            while f >= 0:
+                value = row[f]
+                # NaN compares false both ways: it takes the node's default direction.
+                if value < threshold[node]:
+                    node = left[node]
+                elif value >= threshold[node]:
+                    node = right[node]
+                else:
+                    node = missing[node]
                 f = feature[node]
-                while f >= 0:
-                    value = row[f]
-                    # NaN compares false both ways: it takes the node's default direction.
-                    if value < threshold[node]:
-                        node = left[node]
-                    elif value >= threshold[node]:
-                        node = right[node]
-                    else:
-                        node = missing[node]
-                    f = feature[node]
-                out[i] = out[i] + threshold[node]
-        return np.frombuffer(out, dtype=np.float32)
+            out[i] = out[i] + threshold[node]
 
     @property
     def nodes(self) -> int:

@@ -17,7 +17,7 @@ import weakref
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import CancelledError, Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,7 +364,7 @@ class ModelCache:
 
         try:
             return asyncio.run_coroutine_threadsafe(ask(), loop).result(timeout=10)
-        except (RuntimeError, TimeoutError):  # the loop has stopped or is stuck: go without
+        except (RuntimeError, TimeoutError, CancelledError):  # the loop has stopped or is stuck: go without
             return False
 
     async def _wait_for_room(self, need: int, keep: str) -> None:

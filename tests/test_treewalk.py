@@ -124,7 +124,8 @@ def outcome(model, body: bytes, content_type: str) -> object:
 
 # The full path reads 1e39 as float32 inf (numpy warns) and then refuses it: expected here.
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-def test_a_hot_model_reads_a_one_row_csv_as_the_full_path_does(tmp_path):
+@pytest.mark.parametrize("hot", [False, True], ids=["walker", "code"])
+def test_a_walked_model_reads_a_one_row_csv_as_the_full_path_does(tmp_path, hot):
     from handler import codecs
     from handler.model import Context, WalkingPredict, load_model
 
@@ -133,9 +134,10 @@ def test_a_hot_model_reads_a_one_row_csv_as_the_full_path_does(tmp_path):
     model = load_model(tmp_path)
     step = model._predict
     row = b"0.5,0.25,0.75,0.1,0.9,0.3"
-    for _ in range(WalkingPredict.WARM_AFTER + WalkingPredict.HOT_AFTER):
+    for _ in range(WalkingPredict.HOT_AFTER if hot else 1):
         model.invoke(row, "text/csv", None, Context(None, None))
-    assert step.code_built.wait(30) and step._walk_row is not None
+    assert step.code_built.wait(30) if hot else not step.code_built.is_set()
+    assert type(step._walk_row.__self__).__name__ == ("TreeCode" if hot else "TreeWalker")
     rng = np.random.default_rng(7)
     taken = [",".join(repr(float(v)) for v in rng.normal(0.5, 2, N_FEATURES)).encode() for _ in range(20)]
     taken += [row + b"\n", row + b"\r\n", b" 0.5, 0.25 ,0.75,1e-3,9E1,3", b"1_0,2,3,4,5,6", b"-0,+1,2,3,4,5"]
