@@ -59,7 +59,7 @@ class Compiled:
     num_class: int
     ubjson_size: int  # of the validated model XGBoost loads: what its Booster's memory is estimated from
     walker: TreeWalker | None  # None: the walker cannot reproduce this model, XGBoost serves it
-    code: bytes = b""  # TreeCode.to_marshal() of the walker, once a hot model had it generated
+    code: bytes | memoryview = b""  # TreeCode.to_marshal() of the walker, once a hot model had it generated
     ubjson: bytes = b""  # the validated model for XGBoost, kept only when there is no walker
 
     def with_code(self, code: bytes) -> Compiled:
@@ -166,7 +166,7 @@ def _parse(data: mmap.mmap, wanted: bytes) -> Compiled:
             _CHECKED[digest] = True  # (re)inserted last: the most recently read
             if len(_CHECKED) > CHECKED_MAX:
                 _CHECKED.popitem(last=False)
-    code = bytes(payload[at : at + code_size])
+    code = payload[at : at + code_size]  # a view too: only a load that wants the code reads it
     at += code_size
     ubjson = bytes(payload[at : at + ubjson_len])
     if at + ubjson_len != len(payload) or (walker is None and not ubjson) or (code and walker is None):

@@ -133,17 +133,22 @@ def test_the_booster_is_built_only_for_a_batch_and_asks_for_its_memory(tmp_path,
 
 
 def test_a_hot_models_code_is_kept_and_read_back_by_the_next_load(tmp_path, booster, monkeypatch):
-    monkeypatch.setattr(WalkingPredict, "HOT_AFTER", 3)
+    monkeypatch.setattr(WalkingPredict, "HOT_AFTER", 6)
     folder = folder_of(tmp_path, booster)
     want = booster.inplace_predict(X).tolist()
     for round_ in range(2):
         model = load_model(folder, persist=True)
         before = file_id(folder)
-        for _ in range(WalkingPredict.HOT_AFTER):
+        calls = WalkingPredict.HOT_AFTER if round_ == 0 else WalkingPredict.STORED_AFTER
+        for _ in range(calls - 1):
             assert answer(model) == want
-        assert model._predict.code_built.wait(30) and model._predict._walk_row is not None
+        assert not model._predict.code_built.is_set()
         assert answer(model) == want
-        # The first hot load writes its code into the compiled form; the second reads it back.
+        # The first hot load generates its code (on a thread) and writes it into the compiled form; the
+        # second takes it from the form it was loaded from, at its STORED_AFTER-th call, on the spot.
+        assert model._predict.code_built.wait(30) if round_ == 0 else model._predict.code_built.is_set()
+        assert type(model._predict._walk_row.__self__).__name__ == "TreeCode"
+        assert answer(model) == want
         assert (file_id(folder) == before) == (round_ == 1)
 
 
