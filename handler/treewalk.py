@@ -36,9 +36,10 @@ MAX_ROWS = 4
 _CHECK_ROWS = 16
 # A walker takes ~20 bytes a node, a model's UBJSON ~60: a third of the UBJSON size, rounded up.
 _NBYTES_PER_UBJSON_BYTE = 0.4
-# Generated code walks a row ~4x faster than the arrays (3.2 against 14.9 µs for the Chicago model) but
-# takes ~110 bytes a node against their 20, so only models in heavy use get it (see handler.model).
-CODE_NBYTES_PER_NODE = 128
+# Generated code walks a row ~4x faster than the arrays (4.2 against 17.4 µs for the Chicago model) but
+# takes ~50 bytes a node against their 20 (tracemalloc of the code object, generated or unmarshalled, for
+# ~1,000-node city models; 64 leaves a margin), so only models in use get it (see handler.model).
+CODE_NBYTES_PER_NODE = 64
 # Python's parser refuses code nested 100 deep; a deeper tree keeps the array walk.
 _MAX_CODE_DEPTH = 60
 _ONE_ZERO = bytes(4)
