@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import gc
 import hashlib
 import logging
 import os
@@ -222,6 +223,10 @@ class App:
             log.error("startup failed, /ping stays 503: %s: %s", type(exc).__name__, exc)
             return
         self.ready = True
+        # What exists now (imports, the framework, preloaded models) lives as long as the process: frozen
+        # out of the cyclic collector's way, a full collection walks only what came since (on this box
+        # ~1 µs an object, ~50 ms for the import-time ones alone, all of it a stall of the event loop).
+        gc.freeze()
         log.info("ready on %s:%s", config.host, config.port)
 
     # --- routing -------------------------------------------------------------------------------
