@@ -6,9 +6,11 @@ form into the model's disk cache folder instead, and the server reads it back in
 millisecond (handler/compiled.py). A model's own code/inference.py never runs there: compile_model
 reads only the model file.
 
-A process compiles one model at a time. A compile that finds every process busy for longer than a fast
-compile takes starts one more (up to a cap), so a good model never queues behind slow hostile ones, and a
-compile that outlasts the load deadline has its process killed: the only way to stop work in progress.
+A process compiles one model at a time. A compile that finds every process busy waits its turn while
+the queue is of fast compiles; once every busy process has been on its compile for longer than a fast one
+takes, it starts one more (up to a cap), so a good model never queues behind slow hostile ones. A burst
+of fast compiles gets at most a process per core: more would not compile faster, and each takes ~40 MiB.
+A compile that outlasts the load deadline has its process killed: the only way to stop work in progress.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from handler.model import compile_model
 # The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
 # compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
 COMPILER_NICENESS = 19
-# A city model compiles in a few milliseconds: a compile still waiting for a process after this long is
-# behind slow work, and gets a process of its own.
+# A city model compiles in a few milliseconds: a process on one compile for this long is on slow work, and
+# a compile waiting behind only such processes gets one of its own.
 GROW_AFTER_S = 0.1
 # Processes beyond the ones kept warm exit after this long without work.
 RETIRE_AFTER_S = 30.0
@@ -86,7 +88,9 @@ class Compiler:
         self._warm = min(self._max, warm or default_processes())
         self._ready = threading.Condition()
         self._idle: list[_Process] = []  # guarded by _ready; most recently used last
+        self._busy: dict[_Process, float] = {}  # guarded by _ready: when each busy process took its compile
         self._count = 0  # processes alive, busy or idle
+        self._cores = os.cpu_count() or 1
         self._closed = False
         # Started now, so the first cold load does not also wait for a process to import XGBoost.
         with self._ready:
@@ -122,21 +126,31 @@ class Compiler:
                 if self._closed:
                     raise CompilerCrashed("the server is stopping; retry")
                 if self._idle:
-                    return self._idle.pop()
-                wait = grow_at - time.monotonic()
+                    process = self._idle.pop()
+                    self._busy[process] = time.monotonic()
+                    return process
+                now = time.monotonic()
+                # Until every busy process has been on its compile for GROW_AFTER_S (then they are on slow
+                # work), or, below a process per core, until this compile has waited that long.
+                slow_in = max((started + GROW_AFTER_S - now for started in self._busy.values()), default=0.0)
+                wait = min(slow_in, grow_at - now) if self._count < self._cores else slow_in
                 if wait <= 0 and self._count < self._max:
                     self._count += 1
                     break
                 self._ready.wait(wait if wait > 0 else None)
         try:
-            return _Process()
+            process = _Process()
         except BaseException:
             self._forget()
             raise
+        with self._ready:
+            self._busy[process] = time.monotonic()
+        return process
 
     def _release(self, process: _Process) -> None:
         now = time.monotonic()
         with self._ready:
+            self._busy.pop(process, None)
             if self._closed:
                 retired = [process]
             else:
@@ -151,6 +165,8 @@ class Compiler:
             old.stop()
 
     def _discard(self, process: _Process) -> None:
+        with self._ready:
+            self._busy.pop(process, None)
         process.stop()
         self._forget()
 
