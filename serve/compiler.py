@@ -15,10 +15,12 @@ A compile that outlasts the load deadline has its process killed: the only way t
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ COMPILER_NICENESS = 19
 GROW_AFTER_S = 0.1
 # Processes beyond the ones kept warm exit after this long without work.
 RETIRE_AFTER_S = 30.0
+READY = "ready"
 
 
 class CompilerCrashed(HandlerError):
@@ -58,10 +61,20 @@ class _Process:
         self.process.start()
         child.close()
         self.idle_since = time.monotonic()
+        self.started = False  # the process said it is ready: its imports are done
 
-    def run(self, job: tuple[Any, ...], deadline: float) -> BaseException | None:
-        """The job's error, or None; TimeoutError past the deadline, EOFError if the process died."""
+    def run(
+        self, job: tuple[Any, ...], deadline: float, on_start: Callable[[], None]
+    ) -> BaseException | None:
+        """The job's error, or None; TimeoutError past the deadline, EOFError if the process died.
+        `on_start` is called once the process is ready and has the job: its start-up is not the job's."""
         self.conn.send(job)
+        if not self.started:
+            if not self.conn.poll(deadline):
+                raise TimeoutError
+            self.conn.recv()  # READY
+            self.started = True
+        on_start()
         if not self.conn.poll(deadline):
             raise TimeoutError
         return self.conn.recv()
@@ -88,7 +101,8 @@ class Compiler:
         self._warm = min(self._max, warm or default_processes())
         self._ready = threading.Condition()
         self._idle: list[_Process] = []  # guarded by _ready; most recently used last
-        self._busy: dict[_Process, float] = {}  # guarded by _ready: when each busy process took its compile
+        # Guarded by _ready: when each busy process started its compile (inf: still starting up).
+        self._busy: dict[_Process, float] = {}
         self._count = 0  # processes alive, busy or idle
         self._cores = os.cpu_count() or 1
         self._closed = False
@@ -102,7 +116,9 @@ class Compiler:
         """Write the compiled form of folder/model_file (ModelLoadError if it is not a model)."""
         process = self._acquire()
         try:
-            error = process.run((folder, model_file, self._options), self._deadline)
+            error = process.run(
+                (folder, model_file, self._options), self._deadline, lambda: self._started(process)
+            )
         except TimeoutError:
             self._discard(process)
             # Killed mid-write, it may have left a temporary file of the compiled form.
@@ -127,12 +143,16 @@ class Compiler:
                     raise CompilerCrashed("the server is stopping; retry")
                 if self._idle:
                     process = self._idle.pop()
-                    self._busy[process] = time.monotonic()
+                    self._busy[process] = math.inf
                     return process
                 now = time.monotonic()
                 # Until every busy process has been on its compile for GROW_AFTER_S (then they are on slow
-                # work), or, below a process per core, until this compile has waited that long.
-                slow_in = max((started + GROW_AFTER_S - now for started in self._busy.values()), default=0.0)
+                # work), or, below a process per core, until this compile has waited that long. One still
+                # starting up is looked at again after GROW_AFTER_S.
+                slow_in = max(
+                    (min(started + GROW_AFTER_S - now, GROW_AFTER_S) for started in self._busy.values()),
+                    default=0.0,
+                )
                 wait = min(slow_in, grow_at - now) if self._count < self._cores else slow_in
                 if wait <= 0 and self._count < self._max:
                     self._count += 1
@@ -144,8 +164,13 @@ class Compiler:
             self._forget()
             raise
         with self._ready:
-            self._busy[process] = time.monotonic()
+            self._busy[process] = math.inf
         return process
+
+    def _started(self, process: _Process) -> None:
+        with self._ready:
+            if process in self._busy:
+                self._busy[process] = time.monotonic()
 
     def _release(self, process: _Process) -> None:
         now = time.monotonic()
@@ -187,6 +212,7 @@ class Compiler:
 
 def _serve(conn: Connection) -> None:
     os.nice(COMPILER_NICENESS)
+    conn.send(READY)  # imported: what follows a job's arrival is that job's own time
     while True:
         try:
             folder, model_file, options = conn.recv()

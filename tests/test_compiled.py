@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -226,3 +227,22 @@ def test_a_resident_model_whose_disk_copy_was_evicted_is_reloaded_for_a_batch(
     response = invoke("m0.tar.gz", batch)
     assert response.status_code == 200, response.text
     assert response.json() == pytest.approx(predict_artifact(artifact_bytes(0), rows), rel=1e-6)
+
+
+def test_a_burst_of_fast_compiles_gets_at_most_a_compiler_process_per_core(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve.compiler import Compiler
+
+    folders = [folder_of(tmp_path, train_booster(seed=seed, rounds=5), f"m{seed}") for seed in range(24)]
+    compiler = Compiler(allow_pickle=False, limits=ModelLimits(), deadline=60, max_processes=8, warm=1)
+    try:
+        with ThreadPoolExecutor(len(folders)) as pool:
+            list(pool.map(lambda folder: compiler(folder, folder / "xgboost-model.ubj"), folders))
+        # 24 compiles of a few ms each queued at once: well past 0.1 s for the last, yet never slow work.
+        assert 1 <= compiler._count <= (os.cpu_count() or 1)
+    finally:
+        compiler.close()
+    for folder in folders:
+        wanted = compiled.key(folder / "xgboost-model.ubj", allow_pickle=False, limits=ModelLimits())
+        assert compiled.read(folder, wanted) is not None
