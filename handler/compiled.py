@@ -52,7 +52,7 @@ _CHECKED_LOCK = threading.Lock()
 CHECKED_MAX = 1 << 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Compiled:
     width: int  # the model's feature count
     objective: str  # for the responses (handler/outputs.py)

@@ -167,9 +167,8 @@ def load_model(
         files = _model_files(model_dir, ensemble)
         read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
         if len(files) == 1 and "predict_fn" not in user:
-            key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
             store = compiled_dir or (model_dir if persist else None)
-            served = _compiled_model(store, files[0], read, key, compiler)
+            served = _compiled_model(store, files[0], allow_pickle, limits, compiler)
             model, walking, n_features, size_bytes, described = served
         else:
             forests = [read(path) for path in files]
@@ -187,7 +186,7 @@ def load_model(
             body, content_type or DEFAULT_CONTENT_TYPE, context
         )
     else:
-        input_step = _default_input(n_features)
+        input_step = _DefaultInput(n_features)
     if "predict_fn" in user:
         predict_step = _user_step("predict_fn", user["predict_fn"])
     elif walking is not None:
@@ -200,20 +199,33 @@ def load_model(
     if "output_fn" in user:
         output_step = _user_output_step(_user_step("output_fn", user["output_fn"]), policy.default_accept)
     else:
-        output_step = _default_output(info)
+        output_step = _DefaultOutput(info)
     fast = walking if "input_fn" not in user else None
     default_input = None if "input_fn" in user else info
     return LoadedModel(model, input_step, predict_step, output_step, size_bytes, fast, default_input)
 
 
-def _default_input(n_features: int | None) -> Step:
-    input_fn = defaults.input_fn
-    return lambda body, content_type, context: input_fn(body, content_type, n_features)
+# The default steps as slotted objects rather than closures: one object a model each, where a closure
+# is a function and its cells, and every object a resident model holds is one more for each collection of
+# the cyclic collector to walk.
+class _DefaultInput:
+    __slots__ = ("_n_features",)
+
+    def __init__(self, n_features: int | None) -> None:
+        self._n_features = n_features
+
+    def __call__(self, body: bytes, content_type: str | None, context: Context) -> Any:
+        return defaults.input_fn(body, content_type, self._n_features)
 
 
-def _default_output(info: outputs.ModelOutputs) -> Step:
-    respond = outputs.respond
-    return lambda prediction, accept, context: respond(prediction, accept, context.custom_attributes, info)
+class _DefaultOutput:
+    __slots__ = ("_info",)
+
+    def __init__(self, info: outputs.ModelOutputs) -> None:
+        self._info = info
+
+    def __call__(self, prediction: Any, accept: str | None, context: Context) -> tuple[bytes, str]:
+        return outputs.respond(prediction, accept, context.custom_attributes, self._info)
 
 
 def load_compiled(
@@ -242,12 +254,10 @@ def load_compiled(
     form = compiled.read(model_dir, wanted)
     if form is None or form.walker is None:
         return None
-    read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
-    key = functools.partial(compiled.key, allow_pickle=allow_pickle, limits=limits)
-    walking = _walking(form, model_dir, model_file, wanted, read, key)
+    walking = _walking(form, model_dir, model_file, wanted, allow_pickle, limits)
     info = outputs.ModelOutputs(form.objective, form.num_class, form.width)
     size = _WALKED_MODEL_OVERHEAD + form.walker.nbytes
-    return LoadedModel(None, _default_input(form.width), walking, _default_output(info), size, walking, info)
+    return LoadedModel(None, _DefaultInput(form.width), walking, _DefaultOutput(info), size, walking, info)
 
 
 # What a model served by its walker takes besides the walker's arrays: the Python objects of the model,
@@ -323,23 +333,20 @@ def _compile(model_file: Path, read: Callable[[Path], Forest]) -> tuple[compiled
 
 
 def _compiled_model(
-    folder: Path | None,
-    model_file: Path,
-    read: Callable[[Path], Forest],
-    key: Callable[[Path], bytes],
-    compiler: Compiler | None = None,
+    folder: Path | None, model_file: Path, allow_pickle: bool, limits: ModelLimits, compiler: Compiler | None
 ) -> tuple[xgb.Booster | None, WalkingPredict | None, int, int, Forest]:
     """(Booster, walking step, width, size, outline) of a one-file model, from its compiled form: read
     back from `folder` when persisted there for this very file, else compiled (and persisted there, if
     there is a `folder`). The outline is a Forest of no trees with the model's objective and classes,
     for outputs.describe."""
-    wanted = key(model_file)
+    wanted = compiled.key(model_file, allow_pickle=allow_pickle, limits=limits)
     form = compiled.read(folder, wanted) if folder is not None else None
     if form is None and folder is not None and compiler is not None:
         compiler(folder, model_file)
         form = compiled.read(folder, wanted)  # None if the compiler could not write it: compiled here
     booster = None
     if form is None:
+        read = functools.partial(defaults.read_forest, allow_pickle=allow_pickle, limits=limits)
         form, booster = _compile(model_file, read)
         if folder is not None and compiled.write(folder, wanted, form):
             # Served from the file, as every later load is: its pages are the copy other processes share.
@@ -349,7 +356,7 @@ def _compiled_model(
         booster = booster or defaults.booster_from_ubjson(form.ubjson)
         return booster, None, form.width, defaults.size_bytes(form.ubjson_size), outline
 
-    walking = _walking(form, folder, model_file, wanted, read, key)
+    walking = _walking(form, folder, model_file, wanted, allow_pickle, limits)
     return None, walking, form.width, _WALKED_MODEL_OVERHEAD + form.walker.nbytes, outline
 
 
@@ -358,27 +365,39 @@ def _walking(
     folder: Path | None,
     model_file: Path,
     wanted: bytes,
-    read: Callable[[Path], Forest],
-    key: Callable[[Path], bytes],
+    allow_pickle: bool,
+    limits: ModelLimits,
 ) -> WalkingPredict:
-    """The predict step of a model its compiled form's walker serves; its Booster is built from
-    `model_file` on demand, after a check that the file is still the one compiled."""
-
-    def build() -> xgb.Booster:
-        try:
-            current = key(model_file)
-        except OSError:
-            current = None
-        if current != wanted:
-            raise ModelFilesGone(f"{model_file.name} changed or left the disk since the model was loaded")
-        return defaults.booster_from_ubjson(defaults.to_ubjson(read(model_file)))
-
-    # The Booster that checked the walker is dropped by the caller, on the thread that used it (see
-    # _on_a_short_lived_thread): requests that need XGBoost build their own when they come.
+    """The predict step of a model its compiled form's walker serves. The Booster that checked the walker
+    is dropped by the caller, on the thread that used it (see _on_a_short_lived_thread): requests that
+    need XGBoost build their own from `model_file` when they come."""
     store = _CodeStore(folder, wanted, form) if folder is not None else None
+    build = _Rebuild(model_file, wanted, allow_pickle, limits)
     return WalkingPredict(
         _OnDemand(build, defaults.size_bytes(form.ubjson_size)), form.width, form.walker, store
     )
+
+
+class _Rebuild:
+    """A walked model's Booster from its file, once a check shows the file is still the one compiled."""
+
+    __slots__ = ("_model_file", "_wanted", "_allow_pickle", "_limits")
+
+    def __init__(self, model_file: Path, wanted: bytes, allow_pickle: bool, limits: ModelLimits) -> None:
+        self._model_file = model_file
+        self._wanted = wanted
+        self._allow_pickle = allow_pickle
+        self._limits = limits
+
+    def __call__(self) -> xgb.Booster:
+        model_file, options = self._model_file, {"allow_pickle": self._allow_pickle, "limits": self._limits}
+        try:
+            current = compiled.key(model_file, **options)
+        except OSError:
+            current = None
+        if current != self._wanted:
+            raise ModelFilesGone(f"{model_file.name} changed or left the disk since the model was loaded")
+        return defaults.booster_from_ubjson(defaults.to_ubjson(defaults.read_forest(model_file, **options)))
 
 
 class _CodeStore:
@@ -494,6 +513,9 @@ class _Latch:
         return True
 
 
+_DONE = _Latch(done=True)  # shared by every model loaded with its walker: nothing is left to wait for
+
+
 class WalkingPredict:
     """The default predict step of a one-Booster model: a tree walker for small requests and XGBoost
     for the rest; generated code once the model is in heavy use (HOT_AFTER calls), or at once
@@ -535,7 +557,7 @@ class WalkingPredict:
         self._walk_row: Callable[[list[float]], np.ndarray] | None = (
             None if walker is None else walker.predict_row
         )
-        self.walker_built = _Latch(done=walker is not None)  # set once tried, whether a walker came of it
+        self.walker_built = _DONE if walker is not None else _Latch()  # set once tried, walker or not
         self.code_built = _Latch()
         self.reserve: Callable[[int], bool] | None = None
 

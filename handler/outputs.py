@@ -80,7 +80,7 @@ class Policy:
         return codecs.CSV if self.single_model else codecs.JSON
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelOutputs:
     """A model's side: its objective and width (None when unknown: not a Booster), its own selected keys,
     and the server's policy it answers under."""
