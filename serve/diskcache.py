@@ -88,6 +88,13 @@ class DiskCache:
         with self._lock:
             return self._bytes
 
+    def touch(self, names: list[str]) -> None:
+        """Mark these names' folders as just used, as a read of them would."""
+        with self._lock:
+            for name in names:
+                if name in self._entries:
+                    self._entries.move_to_end(name)
+
     def refresh_version(self, name: str) -> Version:
         return self.source.version(validate_name(name))
 

@@ -139,8 +139,9 @@ def make_endpoint(
 ) -> LocalEndpoint:
     """The endpoint of a whole server (its own disk cache in `cache_dir`), or of one worker (the hub's)."""
     if peers is not None:
-        disk: DiskCache | RemoteDisk = RemoteDisk(peers, config.disk_budget)
-        return LocalEndpoint(config, cache, pool, _source(config), disk, peers.compile)
+        source = _source(config)
+        disk: DiskCache | RemoteDisk = RemoteDisk(peers, config.disk_budget, source)
+        return LocalEndpoint(config, cache, pool, source, disk, peers.compile)
     assert cache_dir is not None
     compiler = Compiler(
         allow_pickle=config.allow_pickle,

@@ -235,11 +235,15 @@ class Hub:
             return sum(not r.loading for r in self._models.values()), self._used
 
     def touch(self, names: list[str]) -> None:
-        """Models invoked since a worker last said: the registry's LRU order, a fraction of a second late."""
+        """Models invoked (contract mode) or read from the disk cache without the hub (local endpoint)
+        since a worker last said: the registry's and the disk cache's LRU order, a fraction of a second
+        late."""
         with self._changed:
             for name in names:
                 if name in self._models:
                     self._models.move_to_end(name)
+        if self._disk is not None:
+            self._disk.touch(names)
 
     # --- the disk cache and the compiler (local-endpoint mode) ---------------------------------
     def materialize(self, worker: int, name: str) -> tuple[str, Version]:
@@ -248,14 +252,6 @@ class Hub:
         folder, version = self._disk.materialize(name, pin=True)
         self._pinned(worker, name, 1)
         return str(folder), version
-
-    def pin_if_current(self, worker: int, name: str) -> tuple[str, Version] | None:
-        assert self._disk is not None
-        pinned = self._disk.pin_if_current(name)
-        if pinned is None:
-            return None
-        self._pinned(worker, name, 1)
-        return str(pinned[0]), pinned[1]
 
     def unpin(self, worker: int, name: str) -> None:
         assert self._disk is not None

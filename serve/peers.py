@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from serve.hub import connect
-from serve.source import Version
+from serve.source import ModelSource, SourceError, Version
 
 log = logging.getLogger("mme")
 
@@ -29,6 +30,8 @@ log = logging.getLogger("mme")
 WATCH_S = 0.5
 # Hub calls in flight at once from one worker (a DELETE waits in one until every worker drained).
 CALL_THREADS = 16
+# Disk-cache folders a worker remembers for re-misses without the hub (~300 bytes each: ~5 MiB).
+KNOWN_FOLDERS = 16384
 
 OnEvent = Callable[[str, Any], Awaitable[Any]]
 
@@ -91,27 +94,61 @@ class Peers:
 
 
 class RemoteDisk:
-    """The hub's disk cache, as LocalEndpoint and the metrics use a DiskCache."""
+    """The hub's disk cache, as LocalEndpoint and the metrics use a DiskCache.
 
-    def __init__(self, peers: Peers, budget: int) -> None:
+    A re-miss is on the event loop: asking the hub there would stall every request behind a round trip
+    to another process. So the worker remembers the folders it was handed (at most KNOWN_FOLDERS) and
+    reads one again without the hub while its artifact's version is unchanged, unpinned: a compiled form,
+    once mapped, stays valid whatever the hub evicts, and a folder evicted before that reads as absent (the
+    load then goes to a thread and the hub). Folder names are never reused. Those reads reach the hub's
+    disk LRU order as the watcher's touches, a fraction of a second late.
+    """
+
+    def __init__(self, peers: Peers, budget: int, source: ModelSource) -> None:
         self._peers = peers
+        self._source = source
         self.budget = budget
+        self._lock = threading.Lock()  # loads learn folders on their threads
+        self._known: OrderedDict[str, tuple[str, Version]] = OrderedDict()  # least recently used first
+        self._unpinned: dict[str, int] = {}  # reads handed out by pin_if_current without a pin
 
     @contextmanager
     def use(self, name: str) -> Iterator[tuple[Path, Version]]:
         hub, worker = self._peers.hub, self._peers.worker
         folder, version = hub.materialize(worker, name)
+        self._remember(name, folder, version)
         try:
             yield Path(folder), version
         finally:
             hub.unpin(worker, name)
 
+    def _remember(self, name: str, folder: str, version: Version) -> None:
+        with self._lock:
+            self._known[name] = (folder, version)
+            self._known.move_to_end(name)
+            if len(self._known) > KNOWN_FOLDERS:
+                self._known.popitem(last=False)
+
     def pin_if_current(self, name: str) -> tuple[Path, Version] | None:
-        pinned = self._peers.hub.pin_if_current(self._peers.worker, name)
-        return None if pinned is None else (Path(pinned[0]), pinned[1])
+        known = self._known.get(name)
+        if known is None or not self._source.local:
+            return None
+        try:
+            current = self._source.version(name)
+        except SourceError:
+            return None
+        if current != known[1]:
+            return None
+        self._unpinned[name] = self._unpinned.get(name, 0) + 1
+        self._peers.touched.add(name)
+        return Path(known[0]), known[1]
 
     def unpin(self, name: str) -> None:
-        self._peers.hub.unpin(self._peers.worker, name)
+        reads = self._unpinned.get(name, 0)
+        if reads > 1:
+            self._unpinned[name] = reads - 1
+        elif reads == 1:
+            del self._unpinned[name]
 
     def used_bytes(self) -> int:
         return self._peers.hub.disk_used()
