@@ -248,6 +248,32 @@ def test_an_overwritten_model_is_compiled_once_and_every_worker_answers_its_new_
     assert (forms[0].stat().st_ino, forms[0].stat().st_mtime_ns) == written  # compiled once
 
 
+@pytest.mark.parametrize("disk", ["1GiB", "12KiB"], ids=["kept", "evicted"])
+def test_workers_cycling_models_through_a_cache_of_one_answer_each_in_its_current_version(
+    start_server, tmp_path, artifact_bytes, disk
+):
+    """Every call after the first round is a re-miss, which a worker reads from a folder it was handed
+    before, without the hub: a changed artifact must not be answered from its old folder (kept on disk),
+    and a disk cache of about one folder evicts those folders under the workers as they go."""
+    source, cache = tmp_path / "source", tmp_path / "cache"
+    source.mkdir()
+    for seed in range(3):
+        (source / f"m{seed}.tar.gz").write_bytes(artifact_bytes(seed))
+    server = endpoint_server(start_server, source, cache, "--max-models", "1", "--disk-budget", disk)
+    want = {f"m{seed}.tar.gz": predict_artifact(artifact_bytes(seed), X) for seed in range(3)}
+    for _ in range(3):
+        for name, answer in want.items():
+            assert all(got == pytest.approx(answer, rel=1e-6) for got in invoke_everywhere(server, name))
+    folders = [folder for folder in cache.iterdir() if folder.is_dir()]
+    assert len(folders) == 3 if disk == "1GiB" else len(folders) < 3
+    (source / "m1.tar.gz").write_bytes(artifact_bytes(7))
+    mtime = (source / "m1.tar.gz").stat().st_mtime_ns + 10**9  # another version, however coarse the clock
+    os.utime(source / "m1.tar.gz", ns=(mtime, mtime))
+    want["m1.tar.gz"] = predict_artifact(artifact_bytes(7), X)
+    for name in ("m0.tar.gz", "m1.tar.gz", "m2.tar.gz", "m1.tar.gz"):
+        assert all(got == pytest.approx(want[name], rel=1e-6) for got in invoke_everywhere(server, name))
+
+
 def test_a_damaged_compiled_form_is_rebuilt_never_served(start_server, tmp_path, artifact_bytes):
     source, cache = tmp_path / "source", tmp_path / "cache"
     source.mkdir()
