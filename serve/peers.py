@@ -110,7 +110,6 @@ class RemoteDisk:
         self.budget = budget
         self._lock = threading.Lock()  # loads learn folders on their threads
         self._known: OrderedDict[str, tuple[str, Version]] = OrderedDict()  # least recently used first
-        self._unpinned: dict[str, int] = {}  # reads handed out by pin_if_current without a pin
 
     @contextmanager
     def use(self, name: str) -> Iterator[tuple[Path, Version]]:
@@ -139,16 +138,11 @@ class RemoteDisk:
             return None
         if current != known[1]:
             return None
-        self._unpinned[name] = self._unpinned.get(name, 0) + 1
         self._peers.touched.add(name)
         return Path(known[0]), known[1]
 
     def unpin(self, name: str) -> None:
-        reads = self._unpinned.get(name, 0)
-        if reads > 1:
-            self._unpinned[name] = reads - 1
-        elif reads == 1:
-            del self._unpinned[name]
+        """Nothing to give back: pin_if_current's reads hold no pin (use() gives its own back)."""
 
     def used_bytes(self) -> int:
         return self._peers.hub.disk_used()
