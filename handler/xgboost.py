@@ -6,6 +6,7 @@ A model folder's own `code/inference.py` may replace any of them (see handler/us
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ _FOLD = re.compile(r"xgboost-model-\d+")  # the k-fold outputs of SageMaker's 1.
 VOTING_OBJECTIVES = ("multi:softmax", "binary:hinge")
 
 _XGBOOST_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+_THREAD = threading.local()
+
+
+def _one_omp_thread() -> None:
+    """XGBoost's global nthread of 1 on this thread (its global config is per thread). Without it, loading a
+    Booster runs an OpenMP team over every core whose threads then spin idle: twice the CPU time of a
+    load, taken from the serving process on a small box, for no speed-up on models of a few trees."""
+    if not getattr(_THREAD, "one", False):
+        xgb.set_config(nthread=1)
+        _THREAD.one = True
 
 
 def model_fn(model_dir: Path, **options: Any) -> xgb.Booster | list[xgb.Booster]:
@@ -76,6 +87,7 @@ def to_ubjson(forest: Forest) -> bytes:
 def verify_ubjson(forest: Forest, raw: bytes, rows: np.ndarray) -> None:
     """ValueError unless XGBoost, loading `raw` on its own, walks `rows` to the leaves the project's own
     reference walk finds in `forest` (gbtree/dart), or holds its weights (gblinear)."""
+    _one_omp_thread()
     booster = xgb.Booster()
     booster.load_model(bytearray(raw))
     if forest.booster == "gblinear":
@@ -97,6 +109,7 @@ def forest_of(booster: xgb.Booster) -> Forest:
 
 def booster_from_ubjson(raw: bytes) -> xgb.Booster:
     """XGBoost's Booster of to_ubjson's output (so native code only ever sees validated models)."""
+    _one_omp_thread()
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(raw))

@@ -83,6 +83,30 @@ def test_loads_the_fixture_artifact_and_sets_one_thread(make_model_dir) -> None:
     assert config["learner"]["generic_param"]["nthread"] == "1"
 
 
+_COUNT_THREADS = """
+import os, sys
+from pathlib import Path
+from handler.model import Context, load_model
+
+before = len(os.listdir("/proc/self/task"))
+model = load_model(Path(sys.argv[1]), persist=True)
+model.invoke(b"0.5,0.5,0.5,0.5,0.5,0.5", "text/csv", None, Context(None, None))
+print(before, len(os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: XGBoost's OpenMP team is this thread alone")
+def test_compiling_a_model_starts_no_openmp_threads(make_model_dir) -> None:
+    # A team over every core would spin idle after each load, doubling its CPU time at the serving
+    # process's expense. A fresh process: no earlier test has started a team in it.
+    result = subprocess.run(
+        [sys.executable, "-c", _COUNT_THREADS, str(make_model_dir(seed=6))],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    before, after = (int(value) for value in result.stdout.split())
+    assert after == before
+
+
 @pytest.mark.parametrize(
     "files, message",
     [
