@@ -276,19 +276,25 @@ def _booster(forest: Forest) -> dict[str, Any]:
 def _tree_document(index: int, tree: Tree, num_feature: int) -> dict[str, Any]:
     n = tree.num_nodes
     parents = np.full(n, 2147483647, dtype=np.int32)
-    inner = np.flatnonzero(tree.left != -1).astype(np.int32)
+    inner = np.flatnonzero(tree.left != -1)
     parents[tree.left[inner]] = inner
     parents[tree.right[inner]] = inner
     split_type = np.zeros(n, dtype=np.uint8)
-    split_type[tree.categorical_nodes] = 1
-    sizes = np.array([len(c) for c in tree.categories], dtype=np.int64)
+    if tree.categories:
+        split_type[tree.categorical_nodes] = 1
+        sizes = np.array([len(c) for c in tree.categories], dtype=np.int64)
+        categories = np.concatenate(tree.categories).astype(np.int32)
+        segments = (np.cumsum(sizes) - sizes).astype(np.int64)
+    else:  # the common case, without the concatenation and sums of nothing
+        sizes = segments = _NO_INT64
+        categories = _NO_INT32
     return {
         "base_weights": tree.base_weight,
-        "categories": np.concatenate([*tree.categories, np.zeros(0, np.int32)]).astype(np.int32),
-        "categories_nodes": tree.categorical_nodes.astype(np.int32),
-        "categories_segments": (np.cumsum(sizes) - sizes).astype(np.int64),
+        "categories": categories,
+        "categories_nodes": tree.categorical_nodes.astype(np.int32, copy=False),
+        "categories_segments": segments,
         "categories_sizes": sizes,
-        "default_left": tree.default_left.astype(np.uint8),
+        "default_left": tree.default_left.astype(np.uint8, copy=False),
         "id": index,
         "left_children": tree.left,
         "loss_changes": tree.loss_change,
@@ -305,3 +311,7 @@ def _tree_document(index: int, tree: Tree, num_feature: int) -> dict[str, Any]:
             "size_leaf_vector": "1",
         },  # fmt: skip
     }
+
+
+_NO_INT32 = np.zeros(0, np.int32)
+_NO_INT64 = np.zeros(0, np.int64)

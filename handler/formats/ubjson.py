@@ -21,6 +21,8 @@ _NUMBERS = {ord(marker): (struct.Struct(">" + code), np.dtype(">" + dtype))
 _INTS = {marker: _NUMBERS[marker][0] for marker in b"iUIlL"}
 _ARRAY_CODES = {np.dtype(np.float32): b"d", np.dtype(np.int32): b"l", np.dtype(np.int64): b"L",
                 np.dtype(np.uint8): b"U", np.dtype(np.float64): b"D", np.dtype(np.int8): b"i"}  # fmt: skip
+# dtype -> (a typed array's opening up to its count, the big-endian dtype its values are written in)
+_ARRAYS = {dtype: (b"[$" + code + b"#L", dtype.newbyteorder(">")) for dtype, code in _ARRAY_CODES.items()}
 _OPEN_OBJECT, _CLOSE_OBJECT, _OPEN_ARRAY, _CLOSE_ARRAY = b"{}[]"
 _TYPE, _COUNT, _NOOP, _LENGTH_64 = b"$#NL"
 _INT64 = struct.Struct(">q")
@@ -178,33 +180,51 @@ def dumps(value: Any) -> bytes:
 
 
 def _length(n: int) -> bytes:
-    return b"L" + struct.pack(">q", n)
+    return b"L" + _INT64.pack(n)
+
+
+# A key's length-prefixed bytes, by key: a model repeats the same dozen keys in every tree. Bounded, since
+# a model's attribute names are its author's.
+_KEYS: dict[str, bytes] = {}
+_MAX_KEYS = 256
+
+
+def _key(key: str) -> bytes:
+    raw = _KEYS.get(key)
+    if raw is None:
+        encoded = key.encode()
+        raw = _length(len(encoded)) + encoded
+        if len(_KEYS) < _MAX_KEYS:
+            _KEYS[key] = raw
+    return raw
 
 
 def _write(value: Any, out: list[bytes]) -> None:
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is dict:
         out.append(b"{")
         for key, item in value.items():
-            raw = key.encode()
-            out.append(_length(len(raw)))
-            out.append(raw)
-            _write(item, out)
+            out.append(_key(key))
+            if type(item) is np.ndarray:  # inline: most of a model's values are typed arrays
+                opening, big = _ARRAYS[item.dtype]
+                out.append(opening + _INT64.pack(len(item)) + item.astype(big).tobytes())
+            else:
+                _write(item, out)
         out.append(b"}")
-    elif isinstance(value, np.ndarray):
-        code = _ARRAY_CODES[value.dtype]
-        out.append(b"[$" + code + b"#" + _length(len(value)))
-        out.append(value.astype(value.dtype.newbyteorder(">")).tobytes())
-    elif isinstance(value, list | tuple):
+    elif kind is np.ndarray:
+        opening, big = _ARRAYS[value.dtype]
+        out.append(opening + _INT64.pack(len(value)) + value.astype(big).tobytes())
+    elif kind is list or kind is tuple:
         out.append(b"[#" + _length(len(value)))
         for item in value:
             _write(item, out)
-    elif isinstance(value, str):
+    elif kind is str:
         raw = value.encode()
         out.append(b"S" + _length(len(raw)) + raw)
-    elif isinstance(value, bool):
+    elif kind is bool:
         out.append(b"T" if value else b"F")
     elif isinstance(value, int):
-        out.append(b"L" + struct.pack(">q", value))
+        out.append(b"L" + _INT64.pack(value))
     elif isinstance(value, float):
         out.append(b"D" + struct.pack(">d", value))
     elif value is None:
