@@ -30,6 +30,7 @@ from handler.errors import HandlerError
 from handler.model import Context, LoadedModel, ModelFilesGone, load_model
 from serve import logs, v2, whole
 from serve.cache import CacheError, Entry, Loaded, Loader, ModelCache, NotLoaded
+from serve.compiler import Compiler
 from serve.config import ServerConfig
 from serve.endpoint import LocalEndpoint, ModelNotReady, make_endpoint
 from serve.http import HTTPError, Receive, Request, Response, Scope, Send, error_response, json_response
@@ -139,15 +140,18 @@ class App:
         self._startup: asyncio.Task[None] | None = None
         self._cache_dir: Path | None = None
         self.endpoint: LocalEndpoint | None = None
-        # Contract-mode workers keep each model's compiled form in the server's own folder, mapped by
-        # every worker that serves it: one physical copy of its arrays whatever the worker count.
+        if self.peers is None:
+            self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
+        # The contract's models are compiled in compiler processes (the hub's, with several workers), so a
+        # load does not hold this interpreter, into the server's own folder: every worker serving a model
+        # maps the one file, one physical copy of its arrays whatever the worker count.
         self._compiled_root: Path | None = None
-        if self.peers is not None and not config.models and config.cache_dir is not None:
-            self._compiled_root = config.cache_dir / "compiled"
+        self._compiler: Compiler | None = None
         if config.models:
-            if self.peers is None:
-                self._cache_dir = config.cache_dir or Path(tempfile.mkdtemp(prefix="mme-cache-"))
             self.endpoint = make_endpoint(config, self.cache, self.stat_pool, self._cache_dir, self.peers)
+        else:
+            self._compiled_root = (config.cache_dir or self._cache_dir) / "compiled"  # type: ignore[operator]
+            self._compiler = Compiler.of(config) if self.peers is None else self.peers.compile
         self.stats = Stats()
         self.cache.listeners += [self.stats.on_model_event, logs.model_event]
         disk = self.endpoint.disk if self.endpoint is not None else None
@@ -526,6 +530,7 @@ class App:
                 limits=config.model_limits,
                 ensemble=config.ensemble,
                 compiled_dir=self._compiled_dir(name, create=True),
+                compiler=self._compiler,
             )
             if check is not None:
                 check()
@@ -569,11 +574,11 @@ class App:
                 raise HTTPError(503, f"model {name!r} is unloaded, but {exc}") from None
             if not registered and not any(dropped):
                 raise NotLoaded(f"model {name!r} is not loaded")
-            if (shared := self._compiled_dir(name)) is not None:
-                # Mapped copies stay valid after the unlink: a worker still answering keeps its pages.
-                await asyncio.get_running_loop().run_in_executor(
-                    self.stat_pool, functools.partial(shutil.rmtree, shared, ignore_errors=True)
-                )
+        if (shared := self._compiled_dir(name)) is not None:
+            # Mapped copies stay valid after the unlink: a worker still answering keeps its pages.
+            await asyncio.get_running_loop().run_in_executor(
+                self.stat_pool, functools.partial(shutil.rmtree, shared, ignore_errors=True)
+            )
         return json_response({"status": f"model {name!r} unloaded"})
 
     async def invoke(self, request: Request, name: str) -> Response:

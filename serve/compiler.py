@@ -29,6 +29,7 @@ from handler import compiled
 from handler.errors import HandlerError, ModelLoadError
 from handler.forest import ModelLimits
 from handler.model import compile_model
+from serve.config import ServerConfig
 
 # The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
 # compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
@@ -134,6 +135,16 @@ class Compiler:
         self._release(process)
         if error is not None:
             raise error
+
+    @classmethod
+    def of(cls, config: ServerConfig) -> Compiler:
+        """The server's compiler, with its configured options and bounds."""
+        return cls(
+            allow_pickle=config.allow_pickle,
+            limits=config.model_limits,
+            deadline=config.load_timeout,
+            max_processes=config.max_loads,
+        )
 
     def _acquire(self) -> _Process:
         grow_at = time.monotonic() + GROW_AFTER_S

@@ -143,14 +143,9 @@ def make_endpoint(
         disk: DiskCache | RemoteDisk = RemoteDisk(peers, config.disk_budget, source)
         return LocalEndpoint(config, cache, pool, source, disk, peers.compile)
     assert cache_dir is not None
-    compiler = Compiler(
-        allow_pickle=config.allow_pickle,
-        limits=config.model_limits,
-        deadline=config.load_timeout,
-        max_processes=config.max_loads,
-    )
     source = _source(config)
-    return LocalEndpoint(config, cache, pool, source, make_disk(config, cache_dir, source), compiler)
+    disk = make_disk(config, cache_dir, source)
+    return LocalEndpoint(config, cache, pool, source, disk, Compiler.of(config))
 
 
 def make_disk(config: ServerConfig, cache_dir: Path, source: ModelSource | None = None) -> DiskCache:

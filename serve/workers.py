@@ -56,8 +56,6 @@ def supervise(config: ServerConfig, sock: socket.socket) -> int:
 
 
 def _make_hub(config: ServerConfig) -> Hub:
-    if not config.models:
-        return Hub(budget=config.memory_budget, max_models=config.max_models, eviction=config.eviction)
     import functools
 
     from handler import compiled
@@ -65,12 +63,6 @@ def _make_hub(config: ServerConfig) -> Hub:
     from serve.endpoint import make_disk
 
     assert config.cache_dir is not None
-    compiler = Compiler(
-        allow_pickle=config.allow_pickle,
-        limits=config.model_limits,
-        deadline=config.load_timeout,
-        max_processes=config.max_loads,
-    )
     current = functools.partial(
         compiled.is_current, allow_pickle=config.allow_pickle, limits=config.model_limits
     )
@@ -78,8 +70,8 @@ def _make_hub(config: ServerConfig) -> Hub:
         budget=config.memory_budget,
         max_models=config.max_models,
         eviction=config.eviction,
-        disk=make_disk(config, config.cache_dir),
-        compiler=compiler,
+        disk=make_disk(config, config.cache_dir) if config.models else None,
+        compiler=Compiler.of(config),
         compiled=current,
     )
 
