@@ -7,6 +7,7 @@ a check that holds on 32 connections holds on every worker (a miss of one worker
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import os
 import signal
@@ -342,3 +343,51 @@ def test_every_worker_maps_one_shared_copy_of_a_compiled_form_until_it_is_unload
     assert mapped_forms(pids) == {0: set(), 1: set()}  # released by every worker before the answer
     if mode == "contract":
         assert not form.parent.exists()  # and the server's own copy on disk is gone
+
+
+W3_MODELS = 10_000
+W3_BOUND = 1.5 * 2**30
+
+
+def server_pss(server: ServerProcess) -> int:
+    """Proportional set size of the server and every process under it: shared pages counted once."""
+    root = psutil.Process(server.proc.pid)
+    return sum(proc.memory_full_info().pss for proc in [root, *root.children(recursive=True)])
+
+
+def statuses(server: ServerProcess, requests: list[tuple[str, bytes, str]], connections: int) -> list[int]:
+    """The status of each (path, body, content type) POST, spread over `connections` keep-alive connections
+    (each bound to whichever worker accepted it). http.client: tens of thousands of requests in seconds."""
+
+    def run(k: int) -> list[int]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            found = []
+            for path, body, content_type in requests[k::connections]:
+                conn.request("POST", path, body, {"Content-Type": content_type})
+                answer = conn.getresponse()
+                answer.read()
+                found.append(answer.status)
+            return found
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        return [status for found in pool.map(run, range(connections)) for status in found]
+
+
+def test_w3s_ten_thousand_models_stay_under_1_5_gib_with_2_workers(start_server, tmp_path, make_model_dir):
+    root = tmp_path / "models"
+    artifact = make_model_dir(seed=3) / "xgboost-model"
+    for i in range(W3_MODELS):  # hard links: the server sees 10,000 model files, the disk holds one
+        (root / f"m{i}" / "model").mkdir(parents=True)
+        os.link(artifact, root / f"m{i}" / "model" / "xgboost-model")
+    server = contract_server(start_server, root, 2)
+    loads = [("/models", json.dumps({"model_name": f"m{i}", "url": str(root / f"m{i}" / "model")}).encode(),
+              "application/json") for i in range(W3_MODELS)]  # fmt: skip
+    assert statuses(server, loads, 4) == [200] * W3_MODELS
+    # Each model on 3 of 8 connections, so with 2 workers almost every one is served by both.
+    invokes = [(f"/models/m{i // 3}/invoke", ROW.encode(), "text/csv") for i in range(3 * W3_MODELS)]
+    assert statuses(server, invokes, 8) == [200] * len(invokes)
+    pss = server_pss(server)
+    assert pss < W3_BOUND, f"{pss / 2**20:,.0f} MiB for {W3_MODELS:,} models"
