@@ -57,12 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"] and not {"-h", "--help"} & set(argv):
-        # Before the imports build_parser makes: see serve/compiler_process.py.
-        from serve import compiler_process
-
-        compiler_process.start_early()
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

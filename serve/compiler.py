@@ -16,27 +16,74 @@ A compile that outlasts the load deadline has its process killed: the only way t
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from handler import compiled
 from handler.errors import HandlerError, ModelLoadError
 from handler.forest import ModelLimits
-from serve import compiler_process
-from serve.compiler_process import CompilerProcess, default_processes
+from handler.model import compile_model
 from serve.config import ServerConfig
 
+# The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
+# compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
+COMPILER_NICENESS = 19
 # A city model compiles in a few milliseconds: a process on one compile for this long is on slow work, and
 # a compile waiting behind only such processes gets one of its own.
 GROW_AFTER_S = 0.1
 # Processes beyond the ones kept warm exit after this long without work.
 RETIRE_AFTER_S = 30.0
+READY = "ready"
 
 
 class CompilerCrashed(HandlerError):
     status = 503  # the server's trouble (the process was killed, memory ran out): a retry may succeed
+
+
+def default_processes() -> int:
+    # Half the cores kept warm: the serving process and its clients need the rest.
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _Process:
+    """One compiler process and the pipe to it."""
+
+    def __init__(self) -> None:
+        # spawn: forking a process that runs threads and an event loop is not safe.
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child,), daemon=True, name="mme-compiler")
+        self.process.start()
+        child.close()
+        self.idle_since = time.monotonic()
+        self.started = False  # the process said it is ready: its imports are done
+
+    def run(
+        self, job: tuple[Any, ...], deadline: float, on_start: Callable[[], None]
+    ) -> BaseException | None:
+        """The job's error, or None; TimeoutError past the deadline, EOFError if the process died.
+        `on_start` is called once the process is ready and has the job: its start-up is not the job's."""
+        self.conn.send(job)
+        if not self.started:
+            if not self.conn.poll(deadline):
+                raise TimeoutError
+            self.conn.recv()  # READY
+            self.started = True
+        on_start()
+        if not self.conn.poll(deadline):
+            raise TimeoutError
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
 
 
 class Compiler:
@@ -54,17 +101,17 @@ class Compiler:
         self._max = max(1, max_processes)
         self._warm = min(self._max, warm or default_processes())
         self._ready = threading.Condition()
-        self._idle: list[CompilerProcess] = []  # guarded by _ready; most recently used last
+        self._idle: list[_Process] = []  # guarded by _ready; most recently used last
         # Guarded by _ready: when each busy process started its compile (inf: still starting up).
-        self._busy: dict[CompilerProcess, float] = {}
+        self._busy: dict[_Process, float] = {}
         self._count = 0  # processes alive, busy or idle
         self._cores = os.cpu_count() or 1
         self._closed = False
-        # Started now (or adopted from `mme serve`'s start), so the first cold load does not also wait for a
-        # process to import XGBoost.
+        # Started now, so the first cold load does not also wait for a process to import XGBoost.
         with self._ready:
-            self._idle = compiler_process.take(self._warm)
-            self._count = len(self._idle)
+            for _ in range(self._warm):
+                self._idle.append(_Process())
+                self._count += 1
 
     def __call__(self, folder: Path, model_file: Path) -> None:
         """Write the compiled form of folder/model_file (ModelLoadError if it is not a model)."""
@@ -99,7 +146,7 @@ class Compiler:
             max_processes=config.max_loads,
         )
 
-    def _acquire(self) -> CompilerProcess:
+    def _acquire(self) -> _Process:
         grow_at = time.monotonic() + GROW_AFTER_S
         with self._ready:
             while True:
@@ -123,7 +170,7 @@ class Compiler:
                     break
                 self._ready.wait(wait if wait > 0 else None)
         try:
-            process = CompilerProcess()
+            process = _Process()
         except BaseException:
             self._forget()
             raise
@@ -131,12 +178,12 @@ class Compiler:
             self._busy[process] = math.inf
         return process
 
-    def _started(self, process: CompilerProcess) -> None:
+    def _started(self, process: _Process) -> None:
         with self._ready:
             if process in self._busy:
                 self._busy[process] = time.monotonic()
 
-    def _release(self, process: CompilerProcess) -> None:
+    def _release(self, process: _Process) -> None:
         now = time.monotonic()
         with self._ready:
             self._busy.pop(process, None)
@@ -153,7 +200,7 @@ class Compiler:
         for old in retired:
             old.stop()
 
-    def _discard(self, process: CompilerProcess) -> None:
+    def _discard(self, process: _Process) -> None:
         with self._ready:
             self._busy.pop(process, None)
         process.stop()
@@ -172,3 +219,22 @@ class Compiler:
             self._ready.notify_all()
         for process in idle:
             process.stop()
+
+
+def _serve(conn: Connection) -> None:
+    os.nice(COMPILER_NICENESS)
+    conn.send(READY)  # imported: what follows a job's arrival is that job's own time
+    while True:
+        try:
+            folder, model_file, options = conn.recv()
+        except EOFError:  # the server has gone
+            return
+        try:
+            compile_model(folder, model_file, **options)
+        except HandlerError as exc:
+            conn.send(exc)
+        except Exception as exc:  # a bug of ours: said as the server's trouble, the process lives on
+            failure = f"compiling {Path(model_file).name} failed: {type(exc).__name__}: {exc}"
+            conn.send(CompilerCrashed(failure))
+        else:
+            conn.send(None)
