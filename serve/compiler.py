@@ -54,9 +54,10 @@ def default_processes() -> int:
 class _Process:
     """One compiler process and the pipe to it."""
 
-    def __init__(self) -> None:
-        # spawn: forking a process that runs threads and an event loop is not safe.
-        context = multiprocessing.get_context("spawn")
+    def __init__(self, fork: bool = False) -> None:
+        # A fork imports nothing and shares its parent's pages until either writes them, but is only safe
+        # from a process that runs no other thread (nor has run XGBoost's OpenMP team): else, spawn.
+        context = multiprocessing.get_context("fork" if fork else "spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child,), daemon=True, name="mme-compiler")
         self.process.start()
@@ -107,10 +108,12 @@ class Compiler:
         self._count = 0  # processes alive, busy or idle
         self._cores = os.cpu_count() or 1
         self._closed = False
-        # Started now, so the first cold load does not also wait for a process to import XGBoost.
+        # Started now, so the first cold load does not also wait for a process to import XGBoost. A server
+        # makes its compiler as it starts, before any thread or model: those it forks (see _Process).
+        fork = threading.active_count() == 1
         with self._ready:
             for _ in range(self._warm):
-                self._idle.append(_Process())
+                self._idle.append(_Process(fork))
                 self._count += 1
 
     def __call__(self, folder: Path, model_file: Path) -> None:
