@@ -226,6 +226,11 @@ class Compiler:
 
 def _serve(conn: Connection) -> None:
     os.nice(COMPILER_NICENESS)
+    # A forked process holds every descriptor of its parent: the listening socket among them, which
+    # would keep the port accepting after the server closed it. Only the pipe is this process's (a
+    # spawned one has only that already).
+    os.closerange(3, conn.fileno())
+    os.closerange(conn.fileno() + 1, os.sysconf("SC_OPEN_MAX"))
     conn.send(READY)  # imported: what follows a job's arrival is that job's own time
     while True:
         try:
