@@ -1,12 +1,15 @@
 """The models every workload uses: a handful of trained seeds, copied under many names.
 
 Two layouts of the same files: `contract/NAME/xgboost-model` (the folder a POST /models url names, for
-both servers) and `artifacts/NAME.tar.gz` (the source of our local endpoint). Copies are hard links,
-so 10,000 names cost 10,000 directory entries, not 10,000 files' worth of disk.
+both servers) and `artifacts/NAME.tar.gz` (the source of our local endpoint). Beyond the first DISTINCT
+names, copies are hard links, so 10,000 names cost 10,000 directory entries, not 10,000 files' worth of
+disk. The first DISTINCT are files of their own, each with an attribute of its own: a cold load (W2, the
+in-process loads) of bytes no compiler has seen, since ours writes a seen file's form without compiling.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from pathlib import Path
 LOCATION = "Chicago_IL"
 SEEDS = (1, 2, 3, 4)
 ROW = b"2006,2800,4,2.5,1.1,2"
+DISTINCT = 40
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,36 @@ def prepare(work: Path, count: int) -> ModelSet:
     for i in range(count):
         booster, artifact = sources[i % len(sources)]
         folder = models.contract / models.name(i)
+        tarball = models.artifacts / models.target(i)
+        if i < DISTINCT:
+            _write_distinct(booster, i, folder, tarball)
+            continue
         if not folder.exists():
             folder.mkdir()
             os.link(booster, folder / "xgboost-model")
-        tarball = models.artifacts / models.target(i)
         if not tarball.exists():
             os.link(artifact, tarball)
     return models
+
+
+def _write_distinct(booster: Path, i: int, folder: Path, tarball: Path) -> None:
+    """Copy i of `booster` with bytes of its own (an attribute naming the copy), in both layouts."""
+    model_file = folder / "xgboost-model"
+    if model_file.exists() and model_file.stat().st_nlink == 1 and tarball.exists():
+        return
+    import xgboost as xgb
+
+    copy = xgb.Booster(model_file=str(booster))
+    copy.set_attr(bench_copy=str(i))
+    raw = bytes(copy.save_raw("ubj"))
+    folder.mkdir(exist_ok=True)
+    model_file.unlink(missing_ok=True)
+    model_file.write_bytes(raw)
+    tarball.unlink(missing_ok=True)
+    with tarfile.open(tarball, "w:gz") as tar:
+        member = tarfile.TarInfo("xgboost-model")
+        member.size = len(raw)
+        tar.addfile(member, io.BytesIO(raw))
 
 
 def csv_rows(n: int) -> bytes:

@@ -32,8 +32,11 @@ METHOD = """\
   model file (`model.ubj`) under `bench/.work/mlserver`. Its rows (W1 and W4; peer "MLServer") put our
   V2 route against its own: both get the same `POST /v2/models/{name}/infer` body, one FP32 tensor.
   The W1 rounds alternate over all four: ours, MMS, ours over V2, MLServer.
-- **Models:** one 25-tree city model (`mme train --locations Chicago_IL`, 4 seeds) hard-linked under
-  10,000 names: `NAME/xgboost-model` folders for `POST /models`, `NAME.tar.gz` for the local endpoint.
+- **Models:** one 25-tree city model (`mme train --locations Chicago_IL`, 4 seeds) under 10,000 names:
+  `NAME/xgboost-model` folders for `POST /models`, `NAME.tar.gz` for the local endpoint. The first 40
+  names are copies with bytes of their own (an attribute each): W2 and the in-process loads compile
+  new bytes every time. The rest are hard links of the 4 seeds, whose forms our compiler writes
+  without compiling them again (W3's load times, W5's first pass).
 - **Load:** W1 and the floors use the load generator named above (wrk: a Lua script sends the POST body and
   headers, its `done()` hook prints wrk's own percentiles). In W5 our side runs under wrk too, the Lua
   script following the Zipf trace (thread k of T sends entries k, k+T, ...); the baseline needs a
