@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from bench.loadgen import Connection
@@ -24,6 +24,8 @@ class PlatformEmulator:
         self.loading: dict[str, asyncio.Future[bool]] = {}
         self.hits = 0
         self.misses = 0
+        # What each failed call answered ("POST /models 409", ...): the errors rows count, this names.
+        self.failures: Counter[str] = Counter()
 
     async def invoke(self, conn: Connection, name: str, body: bytes) -> bool:
         if name in self.resident:
@@ -34,6 +36,8 @@ class PlatformEmulator:
             if not await self._ensure(conn, name):
                 return False
         status, _ = await conn.request("POST", f"/models/{name}/invoke", body, {"Content-Type": "text/csv"})
+        if status != 200:
+            self.failures[f"invoke {status}"] += 1
         return status == 200
 
     async def _ensure(self, conn: Connection, name: str) -> bool:
@@ -43,7 +47,8 @@ class PlatformEmulator:
         self.loading[name] = future
         try:
             ok = await self._load(conn, name)
-        except OSError:
+        except OSError as exc:
+            self.failures[f"POST /models {type(exc).__name__}"] += 1
             ok = False
         finally:
             del self.loading[name]
@@ -61,8 +66,10 @@ class PlatformEmulator:
                 self.resident[name] = None
                 return True
             if status != 507 or not self.resident:
+                self.failures[f"POST /models {status}"] += 1
                 return False
             await self._evict(conn)
+        self.failures["POST /models 507 after every eviction"] += 1
         return False
 
     async def _evict(self, conn: Connection) -> None:

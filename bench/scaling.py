@@ -94,11 +94,15 @@ def _w5_contract(bench: Bench, workers: int) -> dict[str, float]:
         )
         start = warm_up.requests
         platform.hits = platform.misses = 0
+        platform.failures.clear()
         used = server.cpu_seconds()
         load = asyncio.run(
             loadgen.drive(server.url, call, w5.CONCURRENCY, scale.w5_seconds, len(names) - start)
         )
         used = server.cpu_seconds() - used
+    if load.errors:
+        named = ", ".join(f"{count} × {what}" for what, count in platform.failures.most_common())
+        print(f"bench: W5 contract mode, {workers} worker(s), {load.errors} errors: {named}", flush=True)
     lru = trace.lru_hit_ratio(names[: start + load.requests], scale.w5_cache)
     return {
         "rps": load.rps,

@@ -95,17 +95,21 @@ def test_platform_emulator_loads_on_miss_and_evicts_lru(ours):
     platform = PlatformEmulator(2, by_name.__getitem__)
     names = [folders[i].name for i in (0, 1, 0, 2, 1)]
 
-    async def run() -> list[bool]:
+    async def run(names: list[str]) -> list[bool]:
         conn = loadgen.Connection(server.url)
         try:
             return [await platform.invoke(conn, name, ROW) for name in names]
         finally:
             conn.close()
 
-    assert asyncio.run(run()) == [True] * 5
+    assert asyncio.run(run(names)) == [True] * 5
     assert (platform.hits, platform.misses) == (1, 4)  # the 2nd model 0; model 1 was evicted by model 2
+    assert not platform.failures
     listed = httpx.get(f"{server.url}/models").json()["models"]
     assert sorted(m["modelName"] for m in listed) == sorted([folders[2].name, folders[1].name])
+    by_name["nowhere"] = str(folders[0].parent / "nowhere")  # a folder that does not exist: 404
+    assert asyncio.run(run(["nowhere"])) == [False]
+    assert platform.failures == {"POST /models 404": 1}
 
 
 def test_lru_simulation_and_zipf_trace():
