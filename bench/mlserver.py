@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import httpx
 
 from bench import baseline, servers
 from bench.models import ROW
@@ -21,6 +24,7 @@ MLSERVER_VERSION = "1.7.1"
 PARALLEL_WORKERS = 0
 OMP_THREADS = "1"
 INPUT_NAME = "input-0"
+SETTINGS_FILE = "model-settings.json"
 
 
 def requirements() -> list[str]:
@@ -56,13 +60,20 @@ def v2_body(csv: bytes = ROW) -> bytes:
     return json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
 
 
-def write_repository(root: Path, models: dict[str, Path], http_port: int, grpc_port: int) -> None:
-    """settings.json and, per model name, NAME/model-settings.json beside a link to its XGBoost file.
+def write_repository(
+    root: Path, models: dict[str, Path], http_port: int, grpc_port: int, *, at_startup: bool = True
+) -> None:
+    """settings.json and, per model name, NAME/model-settings.json beside a link to its XGBoost file;
+    MLServer loads them all as it starts, or (`at_startup` false) each when asked to (`load`).
 
     The runtime reads a model's format from the file's ending: `.json` for JSON, else `.ubj` (UBJSON,
     the bench's models), told apart by the byte after the opening brace.
     """
     root.mkdir(parents=True, exist_ok=True)
+    # MLServer scans every folder of its repository: one a former run laid out would be loaded too.
+    for stale in root.glob(f"*/{SETTINGS_FILE}"):
+        if stale.parent.name not in models:
+            shutil.rmtree(stale.parent)
     settings = {
         "debug": False,
         "host": "127.0.0.1",
@@ -71,7 +82,7 @@ def write_repository(root: Path, models: dict[str, Path], http_port: int, grpc_p
         "parallel_workers": PARALLEL_WORKERS,
         "metrics_endpoint": None,
         "model_repository_root": str(root),
-        "load_models_at_startup": True,
+        "load_models_at_startup": at_startup,
     }
     (root / "settings.json").write_text(json.dumps(settings, indent=2))
     for name, booster in models.items():
@@ -87,15 +98,29 @@ def write_repository(root: Path, models: dict[str, Path], http_port: int, grpc_p
             "implementation": "mlserver_xgboost.XGBoostModel",
             "parameters": {"uri": f"./model{ending}"},
         }
-        (folder / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+        (folder / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2))
 
 
-def start(work: Path, python: Path, models: dict[str, Path], name: str = "mlserver") -> Server:
+def start(
+    work: Path, python: Path, models: dict[str, Path], name: str = "mlserver", *, at_startup: bool = True
+) -> Server:
     """`mlserver start` over a fresh repository of `models` (name -> XGBoost file) under `work`."""
     port, grpc_port = servers.free_port(), servers.free_port(skip=1)
     root = work / "mlserver"
-    write_repository(root, models, port, grpc_port)
+    write_repository(root, models, port, grpc_port, at_startup=at_startup)
     env = dict(os.environ, OMP_NUM_THREADS=OMP_THREADS, PATH=f"{python.parent}:{os.environ.get('PATH', '')}")
     env.pop("VIRTUAL_ENV", None)
     cmd = [str(python.parent.absolute() / "mlserver"), "start", str(root.absolute())]
     return servers.spawn(name, cmd, work / "logs" / f"{name}.log", env, root, port, ready="/v2/health/ready")
+
+
+def load(client: httpx.Client, name: str) -> httpx.Response:
+    """Load a model of the repository through V2's repository extension, as `POST /models` loads ours.
+    MLServer finds it by reading every model-settings.json in the repository, on every load."""
+    return client.post(f"/v2/repository/models/{name}/load")
+
+
+def infer(client: httpx.Client, name: str, body: bytes = ROW) -> httpx.Response:
+    return client.post(
+        f"/v2/models/{name}/infer", content=v2_body(body), headers={"Content-Type": "application/json"}
+    )

@@ -29,9 +29,12 @@ METHOD = """\
   (`bench/.work/mlserver-venv`, `uvloop<0.22`: 0.22 kills its workers at start, MLServer issue #2286),
   with its fastest settings here: `parallel_workers=0` and `OMP_NUM_THREADS=1`. The bench writes its
   `settings.json` and a `model-settings.json` (`mlserver_xgboost.XGBoostModel`) over a link to the same
-  model file (`model.ubj`) under `bench/.work/mlserver`. Its rows (W1 and W4; peer "MLServer") put our
-  V2 route against its own: both get the same `POST /v2/models/{name}/infer` body, one FP32 tensor.
-  The W1 rounds alternate over all four: ours, MMS, ours over V2, MLServer.
+  model file (`model.ubj`) under `bench/.work/mlserver`. Its rows (peer "MLServer") put our V2 route
+  against its own: both get the same `POST /v2/models/{name}/infer` body, one FP32 tensor. W1 and W4
+  use one model loaded at startup; the W1 rounds alternate over all four: ours, MMS, ours over V2,
+  MLServer. W2's first load and W3 start it with `load_models_at_startup` false over the W2 or W3
+  names and load each through its repository API (`POST /v2/repository/models/{name}/load`) plus a
+  first infer; its W3 fill stops at 1,000 models or 300 s, whichever comes first.
 - **Models:** one 25-tree city model (`mme train --locations Chicago_IL`, 4 seeds) under 10,000 names:
   `NAME/xgboost-model` folders for `POST /models`, `NAME.tar.gz` for the local endpoint. The first 40
   names are copies with bytes of their own (an attribute each): W2 and the in-process loads compile
@@ -41,7 +44,7 @@ METHOD = """\
   headers, its `done()` hook prints wrk's own percentiles). In W5 our side runs under wrk too, the Lua
   script following the Zipf trace (thread k of T sends entries k, k+T, ...); the baseline needs a
   decision per request (the platform's load/unload), so it uses the bench's asyncio HTTP/1.1 client.
-  W2-W4 are sequential single requests.
+  W2-W4 are sequential single requests; W4's alternate between the servers, one call each per round.
 - **Model loads** are timed in the bench's own process, one at a time, as the local endpoint does them:
   a first load unpacks a `.tar.gz` and compiles (read, walker, check against XGBoost, write the compiled
   form); a re-miss reads the compiled form back. **Hits during a load storm:** wrk sends one hot model's

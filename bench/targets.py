@@ -60,7 +60,25 @@ def evaluate(rows: list[Row]) -> list[Target]:
     targets.extend(_w5(row))
     targets.extend(_loads(row))
     targets.extend(_workers(row))
+    targets.extend(_ahead_of_mlserver(row))
     return targets
+
+
+def _ahead_of_mlserver(row) -> list[Target]:
+    """Where the second peer was ahead before (the issue's measurements), ours must end ahead."""
+    out = []
+    for name, keys in (
+        ("W4 vs MLServer", ("w4.mlserver.1000", "w4.mlserver.10000")),
+        ("First load vs MLServer", ("w2.mlserver.load",)),
+    ):
+        ratios = [r.ratio for key in keys if (r := row(key)) and r.ratio is not None]
+        if len(ratios) != len(keys):
+            continue  # MLServer is not in this run
+        worst = min(ratios)
+        actual = f"{worst:.2f}× faster" if worst > 1 else f"{1 / worst:.2f}× slower"
+        where = " at the closest" if len(keys) > 1 else ""
+        out.append(Target(name, "faster than MLServer", actual + where, worst > 1, ""))
+    return out
 
 
 def _residency(pss: Row | None, failures: Row | None) -> Target:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import statistics
@@ -46,6 +47,8 @@ FULL = Scale(10, 20, (1_000, 10_000), 200, 10_000, 1_000, 60, 100, 5)
 QUICK = Scale(3, 5, (1_000,), 20, 2_000, 200, 15, 20, 2)
 # The baseline stops adding models when the machine has less than this left.
 BASELINE_MIN_AVAILABLE = 4 * GiB
+# MLServer reads every model-settings.json of its repository on each load: a bound on its W3 pass.
+W3_PEER_SECONDS = 300.0
 
 
 @dataclass
@@ -66,7 +69,8 @@ class Bench:
         return servers.start_mms(self.work, self.mms_python)
 
     def sides(self, mlserver_too: bool = False) -> Iterator[tuple[str, Callable[[], Server]]]:
-        """Ours and each peer in this run; MLServer only where a workload asks for it (W1, W4)."""
+        """Ours and each peer in this run; MLServer only where a workload asks for it (W1, W4: W2 and
+        W3 start it themselves, without loading their models as it starts)."""
         yield "ours", self.ours
         if self.mms_python is not None:
             yield "baseline", self.mms
@@ -74,9 +78,15 @@ class Bench:
             yield "mlserver", self.mlserver
 
     def mlserver(self) -> Server:
+        """MLServer with the first model loaded as `warm` (W1, W4)."""
+        return self.mlserver_of({"warm": self.booster(0)})
+
+    def mlserver_of(self, models: dict[str, Path], at_startup: bool = True) -> Server:
         assert self.mlserver_python is not None
-        booster = self.models.contract / self.models.name(0) / "xgboost-model"
-        return mlserver.start(self.work, self.mlserver_python, {"warm": booster})
+        return mlserver.start(self.work, self.mlserver_python, models, at_startup=at_startup)
+
+    def booster(self, i: int) -> Path:
+        return self.models.contract / self.models.name(i) / "xgboost-model"
 
 
 def load_model(client: httpx.Client, models: ModelSet, i: int, name: str | None = None) -> httpx.Response:
@@ -124,6 +134,10 @@ W1_ROUND_SECONDS = 2
 WARM = "/models/warm/invoke"
 V2_WARM = "/v2/models/warm/infer"
 JSON = "application/json"
+# W4's calls alternate between the servers, one call each per round, so that a burst of other work on the
+# machine costs every side about the same; each side's median call is reported.
+W4_ROUNDS = 9
+W4_NOTE = f"median of {W4_ROUNDS} calls, alternating between the servers"
 
 
 @dataclass(frozen=True)
@@ -176,15 +190,24 @@ def w1_w4(bench: Bench) -> list[Row]:
                     by_side.setdefault(leg.side, []).append(result)
                     if concurrency == 16:
                         cpu[leg.side] = cpu.get(leg.side, 0.0) + leg.server.cpu_seconds() - used
-        for leg in legs:
-            with http_client(leg.server) as client:
-                for rows in w4:
-                    body = leg.body(csv_rows(rows))
-                    post = partial(
-                        client.post, leg.path, content=body, headers={"Content-Type": leg.content_type}
-                    )
-                    post().raise_for_status()
-                    w4[rows][leg.side] = statistics.median(timed(post) for _ in range(5))
+        clients = {leg.side: stack.enter_context(http_client(leg.server)) for leg in legs}
+        for rows, by_side in w4.items():
+            posts = {
+                leg.side: partial(
+                    clients[leg.side].post,
+                    leg.path,
+                    content=leg.body(csv_rows(rows)),
+                    headers={"Content-Type": leg.content_type},
+                )
+                for leg in legs
+            }
+            for post in posts.values():
+                post().raise_for_status()  # warm-up: a walked model builds its Booster for batches here
+            taken: dict[str, list[float]] = {side: [] for side in posts}
+            for _ in range(W4_ROUNDS):
+                for side, post in posts.items():
+                    taken[side].append(timed(post))
+            by_side.update((side, statistics.median(times)) for side, times in taken.items())
     tool = w1[1]["ours"][0].tool
     note = f"{tool}, median of {rounds} × {seconds} s" if rounds > 1 else f"{tool}, {seconds} s"
     per_request = {side: cpu_us(cpu[side], w1[16][side]) for side in cpu}
@@ -228,7 +251,7 @@ def w1_w4(bench: Bench) -> list[Row]:
         )
         for rows, by_side in w4.items():
             values = {side: taken * 1e3 for side, taken in by_side.items()}
-            add(f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, "median of 5")
+            add(f"w4.{rows}", "W4 batch", f"one invoke of {rows:,} rows", "ms", values, False, W4_NOTE)
     return out
 
 
@@ -270,6 +293,20 @@ def w2(bench: Bench) -> list[Row]:
             False,
         )
     ]
+    if bench.mlserver_python is not None:
+        theirs = _mlserver_cold(bench, n)
+        rows.append(
+            pair(
+                "w2.mlserver.load",
+                "W2 cold load",
+                f"POST /models + first invoke, median of {n}",
+                "ms",
+                {"ours": medians["ours"] * 1e3, "baseline": theirs * 1e3},
+                False,
+                "MLServer: POST /v2/repository/models/{name}/load + first infer",
+                peer="MLServer",
+            )
+        )
     folder = _endpoint_cold(bench, [], n)
     rows.append(
         Row(
@@ -303,6 +340,19 @@ def w2(bench: Bench) -> list[Row]:
         )
     )
     return rows
+
+
+def _mlserver_cold(bench: Bench, n: int) -> float:
+    """MLServer's median seconds for W2's models: a load through its repository API, then a first infer."""
+    models = {bench.models.name(i): bench.booster(i) for i in range(n)}
+    with bench.mlserver_of(models, at_startup=False) as server, http_client(server) as client:
+        samples = []
+        for name in models:
+            started = time.perf_counter()
+            mlserver.load(client, name).raise_for_status()
+            mlserver.infer(client, name).raise_for_status()
+            samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
 
 
 def _endpoint_cold(bench: Bench, args: list[str], n: int, source: str | None = None) -> float:
@@ -357,49 +407,86 @@ def w3(bench: Bench) -> list[Row]:
     found: dict[str, dict[int, dict[str, float]]] = {}
     for side, start in bench.sides():
         with start() as server, http_client(server) as client:
-            found[side] = _fill(server, client, bench.models, checkpoints[side], side == "baseline")
+            found[side] = _fill(
+                server,
+                lambda i, c=client: load_model(c, bench.models, i).status_code == 200,
+                checkpoints[side],
+                side == "baseline",
+            )
     base = next(iter(found.get("baseline", {}).values()), None)
     if base is not None:
         bench.facts["baseline_resident"] = base["count"]
     rows = []
+    first = bench.scale.w3_ours[0]
     for count, ours in found["ours"].items():
-        values = (
-            {"ours": ours}
-            if base is None or count != bench.scale.w3_ours[0]
-            else {"ours": ours, "baseline": base}
-        )
-        same = "baseline" not in values or int(base["count"]) == count
+        peer = base if count == first else None
         workload = f"W3 residency, {count:,} models"
-        note = f"baseline: {int(base['count'])} models, its memory cap" if "baseline" in values else ""
-        for key, metric, unit, comparable in (
-            ("count", "models loaded", "count", False),
-            ("seconds", "total load time", "s", same),
-            ("per_model_ms", "load time per model", "ms", True),
-            ("failures", "failures", "count", True),
-            ("pss_mib", "memory of all server processes (PSS)", "MiB", same),
-            ("per_model_kib", "memory per model", "KiB", True),
-        ):
-            sides = {side: numbers[key] for side, numbers in values.items()}
-            higher = key == "count"
-            rows.append(
-                pair(
-                    f"w3.{count}.{key}",
-                    workload,
-                    metric,
-                    unit,
-                    sides,
-                    higher,
-                    note if key == "count" else (_COPIES if key == "per_model_ms" else ""),
-                    comparable,
-                )
-            )
+        rows += _w3_rows(f"w3.{count}", workload, ours, peer, "MMS", "its memory cap")
+    if bench.mlserver_python is not None:
+        theirs = _mlserver_fill(bench, first)
+        rows += _w3_rows(
+            f"w3.mlserver.{first}", f"W3 residency, {first:,} models", found["ours"][first], theirs,
+            "MLServer", f"its memory or the {W3_PEER_SECONDS:g} s bound",
+        )  # fmt: skip
     return rows
 
 
+def _w3_rows(
+    key: str, workload: str, ours: dict[str, float], peer: dict[str, float] | None, name: str, cap: str
+) -> list[Row]:
+    values = {"ours": ours} if peer is None else {"ours": ours, "baseline": peer}
+    same = peer is None or int(peer["count"]) == int(ours["count"])
+    note = f"{name}: {int(peer['count'])} models, {cap}" if peer is not None and not same else ""
+    rows = []
+    for metric_key, metric, unit, comparable in (
+        ("count", "models loaded", "count", False),
+        ("seconds", "total load time", "s", same),
+        ("per_model_ms", "load time per model", "ms", True),
+        ("failures", "failures", "count", True),
+        ("pss_mib", "memory of all server processes (PSS)", "MiB", same),
+        ("per_model_kib", "memory per model", "KiB", True),
+    ):
+        sides = {side: numbers[metric_key] for side, numbers in values.items()}
+        rows.append(
+            pair(
+                f"{key}.{metric_key}",
+                workload,
+                metric,
+                unit,
+                sides,
+                metric_key == "count",
+                note if metric_key == "count" else (_COPIES if metric_key == "per_model_ms" else ""),
+                comparable,
+                peer=name,
+            )
+        )
+    return rows
+
+
+def _mlserver_fill(bench: Bench, count: int) -> dict[str, float] | None:
+    """MLServer's W3 numbers: `count` models in its repository, loaded one after another through its API."""
+    models = {bench.models.name(i): bench.booster(i) for i in range(count)}
+    names = list(models)
+    with bench.mlserver_of(models, at_startup=False) as server, http_client(server) as client:
+        points = _fill(
+            server,
+            lambda i: mlserver.load(client, names[i]).status_code == 200,
+            (count,),
+            True,
+            W3_PEER_SECONDS,
+        )
+    return next(iter(points.values()), None)
+
+
 def _fill(
-    server: Server, client: httpx.Client, models: ModelSet, checkpoints: tuple[int, ...], capped: bool
+    server: Server,
+    load: Callable[[int], bool],
+    checkpoints: tuple[int, ...],
+    capped: bool,
+    seconds: float = math.inf,
 ) -> dict[int, dict[str, float]]:
-    """Load models one after another; at each checkpoint (or when memory runs short) note time and memory."""
+    """Load models 0, 1, ... one after another; at each checkpoint (or when memory runs short for a
+    `capped` peer, or its loads have taken `seconds`) note time and memory."""
     idle = server.pss_bytes()
     load_seconds = 0.0
     failures = 0
@@ -407,12 +494,14 @@ def _fill(
     for i in range(checkpoints[-1]):
         started = time.perf_counter()
         try:
-            failures += load_model(client, models, i).status_code != 200
+            failures += not load(i)
         except httpx.HTTPError:
             failures += 1
         load_seconds += time.perf_counter() - started
         count = i + 1
-        short = capped and psutil.virtual_memory().available < BASELINE_MIN_AVAILABLE
+        short = capped and (
+            psutil.virtual_memory().available < BASELINE_MIN_AVAILABLE or load_seconds > seconds
+        )
         if count in checkpoints or short:
             pss = server.pss_bytes()
             points[checkpoints[0] if capped else count] = {

@@ -80,6 +80,20 @@ def test_mlserver_repository_names_a_model_file_xgboost_loads(make_model_dir, tm
     uri = tmp_path / "warm" / model_settings["parameters"]["uri"]
     assert uri.suffix == ".json"  # the test models are JSON; the bench's are UBJSON
     xgboost.Booster(model_file=str(uri))  # as mlserver_xgboost's runtime loads it, by its ending
+    assert settings["load_models_at_startup"] is True
+
+
+def test_mlserver_repository_holds_only_this_runs_models(make_model_dir, tmp_path):
+    """MLServer scans its whole repository: W3's 1,000 folders must not be loaded by the next W1."""
+    import json
+
+    model = make_model_dir(0) / "xgboost-model"
+    root = tmp_path / "repository"
+    mlserver.write_repository(root, {"a": model, "b": model}, 20001, 20002, at_startup=False)
+    assert json.loads((root / "settings.json").read_text())["load_models_at_startup"] is False
+    mlserver.write_repository(root, {"warm": model}, 20001, 20002)
+    assert sorted(p.parent.name for p in root.glob(f"*/{mlserver.SETTINGS_FILE}")) == ["warm"]
+    assert model.exists()
 
 
 def test_load_generator_counts_errors(ours):
@@ -170,3 +184,16 @@ def test_serving_process_targets_compare_two_workers_with_one():
     assert memory.met is False and memory.margin == "2.00×"
     rows[-1] = workers("memory.per_model_kib", 38.0, 35.0)
     assert {t.name: t for t in targets.evaluate(rows)}["Memory per model, 2 workers"].met is True
+
+
+def test_ours_must_end_ahead_of_mlserver_on_w4_and_first_load():
+    rows = [
+        Row("w4.mlserver.1000", "W4 batch", "1,000 rows", "ms", 4.0, 5.0, False, peer="MLServer"),
+        Row("w4.mlserver.10000", "W4 batch", "10,000 rows", "ms", 16.0, 12.8, False, peer="MLServer"),
+        Row("w2.mlserver.load", "W2 cold load", "load + infer", "ms", 10.0, 20.0, False, peer="MLServer"),
+    ]
+    by_name = {t.name: t for t in targets.evaluate(rows)}
+    assert by_name["W4 vs MLServer"].met is False
+    assert by_name["W4 vs MLServer"].actual == "1.25× slower at the closest"
+    assert by_name["First load vs MLServer"].met is True
+    assert "W4 vs MLServer" not in {t.name for t in targets.evaluate(rows[2:])}  # no MLServer W4 rows
