@@ -304,16 +304,19 @@ def compile_model(folder: Path, model_file: Path, *, allow_pickle: bool, limits:
         compiled.write(folder, wanted, form)
 
 
-# Forms compiled by this process by the content they came from, most recently used last, to a bound.
+# Forms compiled by this process by the content they came from, most recently used last, to a bound;
+# the running total keeps a compile's bookkeeping constant however many forms are remembered.
 _SEEN: OrderedDict[tuple[bytes, bool, ModelLimits], compiled.Compiled] = OrderedDict()
 _SEEN_BYTES = 64 << 20
+_seen_total = 0
 
 
 def _remember(seen: tuple[bytes, bool, ModelLimits], form: compiled.Compiled) -> None:
-    _SEEN[seen] = form
-    total = sum(_form_bytes(one) for one in _SEEN.values())
-    while total > _SEEN_BYTES and len(_SEEN) > 1:
-        total -= _form_bytes(_SEEN.popitem(last=False)[1])
+    global _seen_total
+    _SEEN[seen] = form  # only ever a key not held: compile_model reuses a held one
+    _seen_total += _form_bytes(form)
+    while _seen_total > _SEEN_BYTES and len(_SEEN) > 1:
+        _seen_total -= _form_bytes(_SEEN.popitem(last=False)[1])
 
 
 def _form_bytes(form: compiled.Compiled) -> int:

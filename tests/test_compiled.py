@@ -246,3 +246,39 @@ def test_a_burst_of_fast_compiles_gets_at_most_a_compiler_process_per_core(tmp_p
     for folder in folders:
         wanted = compiled.key(folder / "xgboost-model.ubj", allow_pickle=False, limits=ModelLimits())
         assert compiled.read(folder, wanted) is not None
+
+
+def test_a_compiler_remembers_forms_to_its_bound_dropping_the_least_recently_used(tmp_path, monkeypatch):
+    from collections import OrderedDict
+
+    import handler.model as model_module
+
+    limits = ModelLimits()
+    booster = train_booster(seed=1, rounds=5)
+    folders = []
+    for i in range(5):  # bytes of their own, forms of one size
+        booster.set_attr(copy=str(i))
+        folders.append(folder_of(tmp_path, booster, f"m{i}"))
+    monkeypatch.setattr(model_module, "_SEEN", OrderedDict())
+    monkeypatch.setattr(model_module, "_seen_total", 0)
+
+    def compile_all(order: list[int]) -> None:
+        for i in order:
+            model_module.compile_model(
+                folders[i], folders[i] / "xgboost-model.ubj", allow_pickle=False, limits=limits
+            )
+
+    compile_all([0])
+    one = model_module._seen_total
+    monkeypatch.setattr(model_module, "_SEEN_BYTES", 3 * one)
+    compile_all([1, 2, 0, 3, 4])  # 0 used again after 1 and 2: 1 and 2 are the ones to go
+
+    def digest(i: int) -> bytes:
+        return hashlib.sha256((folders[i] / "xgboost-model.ubj").read_bytes()).digest()
+
+    kept = [key[0] for key in model_module._SEEN]
+    assert kept == [digest(0), digest(3), digest(4)]
+    assert model_module._seen_total == sum(
+        model_module._form_bytes(form) for form in model_module._SEEN.values()
+    )
+    assert model_module._seen_total == 3 * one
