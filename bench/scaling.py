@@ -76,14 +76,19 @@ def _w1(bench: Bench) -> dict[str, dict[int, float]]:
     }
 
 
+def contract_args(budget: int, workers: int) -> tuple[str, ...]:
+    """Our server as a multi-model endpoint runs it: full, it answers 507 and the platform unloads (the
+    SAGEMAKER_MULTI_MODEL default). Under its own LRU it would drop models the platform counts as loaded."""
+    return ("--memory-budget", str(budget), "--eviction", "reject", "--workers", str(workers))
+
+
 def _w5_contract(bench: Bench, workers: int) -> dict[str, float]:
     """W5's trace in contract mode: the platform emulator loads on a miss and unloads on 507."""
     scale = bench.scale
     budget = int(scale.w5_cache * bench.facts.get("model_bytes", 72 * 1024))
     names = trace.zipf_trace(scale.w5_models, w5.TRACE_LENGTH)
     platform = PlatformEmulator(scale.w5_cache, lambda name: str(bench.models.contract / name))
-    args = ("--memory-budget", str(budget), "--workers", str(workers))
-    with bench.ours(*args, name=f"ours-w5c-{workers}") as server:
+    with bench.ours(*contract_args(budget, workers), name=f"ours-w5c-{workers}") as server:
         start = 0
 
         async def call(conn: Connection, i: int) -> bool:

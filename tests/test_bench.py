@@ -9,7 +9,7 @@ import shutil
 import httpx
 import pytest
 
-from bench import loadgen, mlserver, report, servers, targets, trace, workloads
+from bench import loadgen, mlserver, report, scaling, servers, targets, trace, workloads
 from bench.mme_platform import PlatformEmulator
 from bench.models import ROW, csv_rows
 from bench.results import Row
@@ -124,6 +124,33 @@ def test_platform_emulator_loads_on_miss_and_evicts_lru(ours):
     by_name["nowhere"] = str(folders[0].parent / "nowhere")  # a folder that does not exist: 404
     assert asyncio.run(run(["nowhere"])) == [False]
     assert platform.failures == {"POST /models 404": 1}
+
+
+def test_platform_emulator_unloads_on_our_507_in_contract_mode(ours, tmp_path):
+    """W5's contract mode: a server whose budget holds one model answers 507, the emulator unloads and
+    loads again, and no invoke meets a model the server dropped on its own (a 404)."""
+    server, folders = ours
+    sizes = []
+    for folder in folders:
+        loaded = httpx.post(f"{server.url}/models", json={"model_name": folder.name, "url": str(folder)})
+        sizes.append(loaded.json()["sizeBytes"])
+    by_name = {f.name: str(f) for f in folders}
+    platform = PlatformEmulator(10, by_name.__getitem__)  # never full by count: only a 507 unloads
+    args = ["--model-root", str(folders[0].parent), *scaling.contract_args(int(max(sizes) * 1.5), 1)]
+    with servers.start_ours(tmp_path, args, "contract") as contract:
+
+        async def run(names: list[str]) -> list[bool]:
+            conn = loadgen.Connection(contract.url)
+            try:
+                return [await platform.invoke(conn, name, ROW) for name in names]
+            finally:
+                conn.close()
+
+        assert asyncio.run(run([folders[i].name for i in (0, 1, 0, 2, 1)])) == [True] * 5
+        assert not platform.failures
+        assert [m["modelName"] for m in httpx.get(f"{contract.url}/models").json()["models"]] == [
+            folders[1].name
+        ]
 
 
 def test_lru_simulation_and_zipf_trace():
