@@ -88,7 +88,8 @@ def _write_distinct(booster: Path, i: int, folder: Path, tarball: Path) -> None:
         return
     import xgboost as xgb
 
-    copy = xgb.Booster(model_file=str(booster))
+    copy = xgb.Booster()
+    copy.load_model(bytearray(booster.read_bytes()))  # from bytes: a path without a suffix draws a warning
     copy.set_attr(bench_copy=str(i))
     raw = bytes(copy.save_raw("ubj"))
     folder.mkdir(exist_ok=True)
