@@ -1,7 +1,8 @@
 """What SageMaker does in front of a multi-model container, for the baseline: MMS loads nothing itself.
 
 On a miss: POST /models (one load in flight per model); when the container is full, or answers 507,
-DELETE the least recently used model and try again. A model is a hit if it was resident on arrival.
+DELETE the least recently used model and try again, until the load fits or nothing is left to unload
+(a 507 can need several: loads in flight hold room too). A model is a hit if it was resident on arrival.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 from bench.loadgen import Connection
-
-LOAD_TRIES = 3
 
 
 class PlatformEmulator:
@@ -58,18 +57,20 @@ class PlatformEmulator:
     async def _load(self, conn: Connection, name: str) -> bool:
         body = json.dumps({"model_name": name, "url": self.url_of(name)}).encode()
         headers = {"Content-Type": "application/json"}
-        for _ in range(LOAD_TRIES):
+        for _ in range(self.capacity + 1):  # each 507 unloads one model: bounded however others race
             while len(self.resident) + len(self.loading) > self.capacity and self.resident:
                 await self._evict(conn)
             status, _ = await conn.request("POST", "/models", body, headers)
             if status == 200:
                 self.resident[name] = None
                 return True
-            if status != 507 or not self.resident:
-                self.failures[f"POST /models {status}"] += 1
+            if status != 507:
+                break
+            if not self.resident:
+                self.failures["POST /models 507 with nothing left to unload"] += 1
                 return False
             await self._evict(conn)
-        self.failures["POST /models 507 after every eviction"] += 1
+        self.failures[f"POST /models {status}"] += 1
         return False
 
     async def _evict(self, conn: Connection) -> None:

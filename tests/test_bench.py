@@ -13,6 +13,7 @@ from bench import loadgen, mlserver, report, scaling, servers, targets, trace, w
 from bench.mme_platform import PlatformEmulator
 from bench.models import ROW, csv_rows
 from bench.results import Row
+from serve.app import ESTIMATE_FACTOR
 
 
 @pytest.fixture
@@ -126,17 +127,27 @@ def test_platform_emulator_loads_on_miss_and_evicts_lru(ours):
     assert platform.failures == {"POST /models 404": 1}
 
 
-def test_platform_emulator_unloads_on_our_507_in_contract_mode(ours, tmp_path):
-    """W5's contract mode: a server whose budget holds one model answers 507, the emulator unloads and
-    loads again, and no invoke meets a model the server dropped on its own (a 404)."""
-    server, folders = ours
-    sizes = []
-    for folder in folders:
-        loaded = httpx.post(f"{server.url}/models", json={"model_name": folder.name, "url": str(folder)})
-        sizes.append(loaded.json()["sizeBytes"])
+def test_platform_emulator_unloads_on_our_507_until_the_load_fits(make_model_dir, tmp_path):
+    """W5's contract mode: our server, full, answers 507; the emulator unloads least recently used
+    models until the load fits (here all four small ones, for the big one), and no invoke meets a model
+    the server dropped on its own (a 404)."""
+    small = [make_model_dir(seed, name=f"small-{seed}", rounds=2) for seed in range(4)]
+    big = make_model_dir(4, name="big", rounds=80, max_depth=6)
+    folders = [*small, big]
+    with servers.start_ours(tmp_path, ["--model-root", str(big.parent)], "sizes") as server:
+        sizes = [
+            httpx.post(f"{server.url}/models", json={"model_name": f.name, "url": str(f)}).json()["sizeBytes"]
+            for f in small
+        ]
+
+    def estimate(folder) -> int:
+        return int((folder / "xgboost-model").stat().st_size * ESTIMATE_FACTOR)
+
+    budget = estimate(big) + min(sizes) - 1  # the big load needs every small one gone
+    assert sum(sizes[:3]) + max(estimate(f) for f in small) <= budget  # the small ones fit together
     by_name = {f.name: str(f) for f in folders}
     platform = PlatformEmulator(10, by_name.__getitem__)  # never full by count: only a 507 unloads
-    args = ["--model-root", str(folders[0].parent), *scaling.contract_args(int(max(sizes) * 1.5), 1)]
+    args = ["--model-root", str(big.parent), *scaling.contract_args(budget, 1)]
     with servers.start_ours(tmp_path, args, "contract") as contract:
 
         async def run(names: list[str]) -> list[bool]:
@@ -146,11 +157,12 @@ def test_platform_emulator_unloads_on_our_507_in_contract_mode(ours, tmp_path):
             finally:
                 conn.close()
 
-        assert asyncio.run(run([folders[i].name for i in (0, 1, 0, 2, 1)])) == [True] * 5
+        names = [f.name for f in (*small, small[0], big)]
+        assert asyncio.run(run(names)) == [True] * 6
         assert not platform.failures
-        assert [m["modelName"] for m in httpx.get(f"{contract.url}/models").json()["models"]] == [
-            folders[1].name
-        ]
+        assert (platform.hits, platform.misses) == (1, 5)
+        listed = [m["modelName"] for m in httpx.get(f"{contract.url}/models").json()["models"]]
+        assert listed == [big.name]
 
 
 def test_lru_simulation_and_zipf_trace():
