@@ -103,6 +103,19 @@ def test_load_generator_counts_errors(ours):
     assert result.requests > 0 and result.errors == result.requests
 
 
+def invoke_through(platform: PlatformEmulator, url: str, names: list[str]) -> list[bool]:
+    """Each name invoked in turn through the emulator, on one connection to the server at `url`."""
+
+    async def run() -> list[bool]:
+        conn = loadgen.Connection(url)
+        try:
+            return [await platform.invoke(conn, name, ROW) for name in names]
+        finally:
+            conn.close()
+
+    return asyncio.run(run())
+
+
 def test_platform_emulator_loads_on_miss_and_evicts_lru(ours):
     """The baseline's SageMaker stand-in, against our server: it speaks the same contract."""
     server, folders = ours
@@ -110,20 +123,16 @@ def test_platform_emulator_loads_on_miss_and_evicts_lru(ours):
     platform = PlatformEmulator(2, by_name.__getitem__)
     names = [folders[i].name for i in (0, 1, 0, 2, 1)]
 
-    async def run(names: list[str]) -> list[bool]:
-        conn = loadgen.Connection(server.url)
-        try:
-            return [await platform.invoke(conn, name, ROW) for name in names]
-        finally:
-            conn.close()
+    def run(names: list[str]) -> list[bool]:
+        return invoke_through(platform, server.url, names)
 
-    assert asyncio.run(run(names)) == [True] * 5
+    assert run(names) == [True] * 5
     assert (platform.hits, platform.misses) == (1, 4)  # the 2nd model 0; model 1 was evicted by model 2
     assert not platform.failures
     listed = httpx.get(f"{server.url}/models").json()["models"]
     assert sorted(m["modelName"] for m in listed) == sorted([folders[2].name, folders[1].name])
     by_name["nowhere"] = str(folders[0].parent / "nowhere")  # a folder that does not exist: 404
-    assert asyncio.run(run(["nowhere"])) == [False]
+    assert run(["nowhere"]) == [False]
     assert platform.failures == {"POST /models 404": 1}
 
 
@@ -149,16 +158,8 @@ def test_platform_emulator_unloads_on_our_507_until_the_load_fits(make_model_dir
     platform = PlatformEmulator(10, by_name.__getitem__)  # never full by count: only a 507 unloads
     args = ["--model-root", str(big.parent), *scaling.contract_args(budget, 1)]
     with servers.start_ours(tmp_path, args, "contract") as contract:
-
-        async def run(names: list[str]) -> list[bool]:
-            conn = loadgen.Connection(contract.url)
-            try:
-                return [await platform.invoke(conn, name, ROW) for name in names]
-            finally:
-                conn.close()
-
         names = [f.name for f in (*small, small[0], big)]
-        assert asyncio.run(run(names)) == [True] * 6
+        assert invoke_through(platform, contract.url, names) == [True] * 6
         assert not platform.failures
         assert (platform.hits, platform.misses) == (1, 5)
         listed = [m["modelName"] for m in httpx.get(f"{contract.url}/models").json()["models"]]
