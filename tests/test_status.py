@@ -17,6 +17,13 @@ ROW = "0.5,0.25,0.75,0.1,0.9,0.3"
 ENV = {**os.environ, "COLUMNS": "160"}  # wide enough for rich to print every column whole
 
 
+def watch(command: list[str], **streams) -> subprocess.Popen:
+    """`mme status --watch` as a terminal starts it: Ctrl-C (SIGINT) stops it. A shell's background job
+    (how a test run may be started) ignores SIGINT, and a child inherits that, so it is put back here."""
+    interruptible = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(command, text=True, env=ENV, preexec_fn=interruptible, **streams)
+
+
 @pytest.fixture
 def server(start_server, tmp_path: Path, artifact_bytes):
     folder = tmp_path / "artifacts"
@@ -61,7 +68,7 @@ def test_table_of_resident_models(server):
 
 def test_watch_refreshes_until_interrupted(server):
     command = [sys.executable, "-m", "serve.cli", "status", "--endpoint-url", server.url, "--watch", "0.1"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = watch(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # Each refresh asks the server once; three access lines mean it has refreshed twice.
         deadline = time.monotonic() + 30
@@ -122,7 +129,7 @@ def test_watch_into_a_file_writes_while_running_and_outlives_the_server(server, 
     out = tmp_path / "status.log"
     command = [sys.executable, "-m", "serve.cli", "status", "--endpoint-url", server.url, "--watch", "0.1"]
     with out.open("w") as file:
-        proc = subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, text=True, env=ENV)
+        proc = watch(command, stdout=file, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: out.read_text().count("m0.tar.gz") >= 2, "two snapshots in the file", proc)
         server.stop()
