@@ -28,7 +28,7 @@ from serve.source import (
     Version,
     validate_name,
 )
-from serve.unpack import LOAD_TIMEOUT_S, MAX_MEMBERS, MAX_UNPACKED_BYTES, open_archive
+from serve.unpack import LOAD_TIMEOUT_S, MAX_MEMBERS, MAX_UNPACKED_BYTES, Unpacker, UnpackLimits, unpack
 
 MARKER = ".mme-disk-cache"
 # How long a load waits for disk room that loads in flight hold, before a retryable 503.
@@ -55,13 +55,14 @@ class DiskCache:
         max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
         max_members: int = MAX_MEMBERS,
         unpack_timeout: float = LOAD_TIMEOUT_S,
+        unpacker: Unpacker = unpack,
     ) -> None:
+        """`unpacker` does the unpacking (serve.unpack.unpack, here, or a compiler process's)."""
         self.root = root
         self.budget = budget_bytes
         self.source = source
-        self._max_unpacked_bytes = max_unpacked_bytes
-        self._max_members = max_members
-        self._unpack_timeout = unpack_timeout
+        self._limits = UnpackLimits(max_unpacked_bytes, max_members, unpack_timeout)
+        self._unpack = unpacker
         self._lock = threading.Lock()  # guards everything below; taken after a name lock, never before
         self._room = threading.Condition(self._lock)  # notified whenever bytes or pins are given back
         self._pins: dict[str, int] = {}  # name -> loads reading its folder now: never evicted
@@ -184,20 +185,21 @@ class DiskCache:
             download_size = download.stat().st_size
             held = self._reserve(name, download_size, held)
             dest = self.root / _folder_name(name)
-            with open_archive(
-                download,
-                max_bytes=self._max_unpacked_bytes,
-                max_members=self._max_members,
-                timeout=self._unpack_timeout,
-            ) as archive:  # OSError from here on is our disk's: unpack maps the artifact's own errors
-                held = self._reserve(name, download_size + archive.unpacked_bytes, held)
-                archive.extract_to(dest)
+            unpacked = 0
+
+            def reserve(size: int) -> None:
+                nonlocal held, unpacked
+                held = self._reserve(name, download_size + size, held)
+                unpacked = size
+
+            # OSError from here on is our disk's: unpacking maps the artifact's own errors to BadArtifact.
+            self._unpack(download, dest, self._limits, reserve)
             download.unlink()
             with self._lock:
                 self._drop(name)
-                self._entries[name] = _Entry(dest.name, version, archive.unpacked_bytes)
+                self._entries[name] = _Entry(dest.name, version, unpacked)
                 # The entry's bytes move from the reservation into the entry; the download is gone.
-                self._bytes += archive.unpacked_bytes - held
+                self._bytes += unpacked - held
                 held = 0
             return dest, version
         except BadArtifact as exc:

@@ -13,8 +13,9 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from serve.source import BadArtifact
@@ -72,9 +73,14 @@ class Archive:
         self._deadline = deadline
         self.unpacked_bytes = sum(m.size for m in members if m.isfile())
 
-    def extract_to(self, dest: Path) -> None:
-        """Unpack into dest, which must not exist yet; on failure nothing is left behind."""
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    def extract_to(self, dest: Path, staging: Path | None = None) -> None:
+        """Unpack into dest, which must not exist yet, through `staging` (a new folder beside it, made here
+        if not named); on failure nothing is left behind."""
+        if staging is None:
+            tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest.parent))
+        else:
+            tmp = staging
+            tmp.mkdir()
         try:
             for member in self._members:
                 self._extract(member, tmp.joinpath(*PurePosixPath(member.name).parts))
@@ -100,6 +106,36 @@ class Archive:
             raise BadArtifact(f"tar member '{member.name}' clashes with another member's path") from None
         except _READ_ERRORS as exc:
             raise _archive_error(exc) from None
+
+
+STAGING_PREFIX = ".unpack-"
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    max_bytes: int = MAX_UNPACKED_BYTES
+    max_members: int = MAX_MEMBERS
+    timeout: float = LOAD_TIMEOUT_S
+
+
+# unpacker(archive, dest, limits, reserve): unpack `archive` into `dest` (which must not exist yet), calling
+# reserve(unpacked bytes) once its members are checked and before anything is written; whatever reserve
+# raises stops the unpack and is raised. `unpack` does it in this process; serve.compiler in another.
+Unpacker = Callable[[Path, Path, UnpackLimits, Callable[[int], None]], None]
+
+
+def unpack(
+    archive: Path,
+    dest: Path,
+    limits: UnpackLimits,
+    reserve: Callable[[int], None],
+    staging: Path | None = None,
+) -> None:
+    with open_archive(
+        archive, max_bytes=limits.max_bytes, max_members=limits.max_members, timeout=limits.timeout
+    ) as opened:
+        reserve(opened.unpacked_bytes)
+        opened.extract_to(dest, staging)
 
 
 class _Deadline:
