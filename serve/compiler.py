@@ -1,4 +1,5 @@
-"""Models compiled in processes of their own, so that the serving process's interpreter stays free.
+"""Models compiled, and artifacts unpacked, in processes of their own, so that the serving process's
+interpreter stays free.
 
 Compiling a model (reading its file in Python, checking its walker against XGBoost) holds the GIL for
 milliseconds; done on a load thread, every hit waits behind it. A compiler process writes the compiled
@@ -11,15 +12,22 @@ the queue is of fast compiles; once every busy process has been on its compile f
 takes, it starts one more (up to a cap), so a good model never queues behind slow hostile ones. A burst
 of fast compiles gets at most a process per core: more would not compile faster, and each takes ~40 MiB.
 A compile that outlasts the load deadline has its process killed: the only way to stop work in progress.
+
+Unpacking an untrusted archive (tarfile's Python, checking every member, and decompressing) is the same
+kind of work, so the disk cache hands it to these processes too (Compiler.unpack); the books stay with
+the server: the process asks for room before it writes, as an unpack there would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,6 +38,8 @@ from handler.errors import HandlerError, ModelLoadError
 from handler.forest import ModelLimits
 from handler.model import compile_model
 from serve.config import ServerConfig
+from serve.source import BadArtifact, SourceError, SourceUnavailable
+from serve.unpack import STAGING_PREFIX, UnpackLimits, unpack
 
 # The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
 # compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
@@ -40,6 +50,9 @@ GROW_AFTER_S = 0.1
 # Processes beyond the ones kept warm exit after this long without work.
 RETIRE_AFTER_S = 30.0
 READY = "ready"
+# How long past an unpack's own deadline (which its process keeps, and says) the server waits before
+# killing the process.
+UNPACK_GRACE_S = 5.0
 
 
 class CompilerCrashed(HandlerError):
@@ -66,10 +79,16 @@ class _Process:
         self.started = False  # the process said it is ready: its imports are done
 
     def run(
-        self, job: tuple[Any, ...], deadline: float, on_start: Callable[[], None]
+        self,
+        job: tuple[Any, ...],
+        deadline: float,
+        on_start: Callable[[], None],
+        on_size: Callable[[int], None] | None = None,
     ) -> BaseException | None:
         """The job's error, or None; TimeoutError past the deadline, EOFError if the process died.
-        `on_start` is called once the process is ready and has the job: its start-up is not the job's."""
+        `on_start` is called once the process is ready and has the job: its start-up is not the job's.
+        An unpack asks on_size(unpacked bytes) before it writes: whatever that raises stops the unpack,
+        and is raised once the process has said it stopped."""
         self.conn.send(job)
         if not self.started:
             if not self.conn.poll(deadline):
@@ -77,9 +96,19 @@ class _Process:
             self.conn.recv()  # READY
             self.started = True
         on_start()
-        if not self.conn.poll(deadline):
-            raise TimeoutError
-        return self.conn.recv()
+        refused: BaseException | None = None
+        while True:
+            if not self.conn.poll(deadline):
+                raise TimeoutError
+            message = self.conn.recv()
+            if not isinstance(message, _Sized):
+                return refused or message
+            assert on_size is not None
+            try:
+                on_size(message.unpacked_bytes)
+            except BaseException as exc:
+                refused = exc
+            self.conn.send(refused is None)
 
     def stop(self) -> None:
         self.process.kill()
@@ -121,7 +150,7 @@ class Compiler:
         process = self._acquire()
         try:
             error = process.run(
-                (folder, model_file, self._options), self._deadline, lambda: self._started(process)
+                ("compile", folder, model_file, self._options), self._deadline, lambda: self._started(process)
             )
         except TimeoutError:
             self._discard(process)
@@ -135,6 +164,33 @@ class Compiler:
         except (EOFError, OSError):
             self._discard(process)
             raise CompilerCrashed(f"the process compiling {model_file.name} died; retry") from None
+        self._release(process)
+        if error is not None:
+            raise error
+
+    def unpack(self, archive: Path, dest: Path, limits: UnpackLimits, reserve: Callable[[int], None]) -> None:
+        """serve.unpack.unpack in a compiler process: an untrusted archive's checks and decompression hold
+        that process's interpreter, not the server's (an Unpacker, for the disk cache)."""
+        staging = dest.with_name(f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+        process = self._acquire()
+        try:
+            # Past the unpack's own deadline, which the process keeps and says as the artifact's fault.
+            error = process.run(
+                ("unpack", archive, dest, limits, staging),
+                limits.timeout + UNPACK_GRACE_S,
+                lambda: self._started(process),
+                reserve,
+            )
+        except TimeoutError:
+            self._discard(process)
+            _remove_folders(staging, dest)
+            raise BadArtifact(
+                f"unpacking took longer than the {limits.timeout:g} s a load may take (--load-timeout)"
+            ) from None
+        except (EOFError, OSError):
+            self._discard(process)
+            _remove_folders(staging, dest)
+            raise SourceUnavailable(f"the process unpacking {archive.name} died; retry") from None
         self._release(process)
         if error is not None:
             raise error
@@ -234,15 +290,48 @@ def _serve(conn: Connection) -> None:
     conn.send(READY)  # imported: what follows a job's arrival is that job's own time
     while True:
         try:
-            folder, model_file, options = conn.recv()
+            kind, *job = conn.recv()
         except EOFError:  # the server has gone
             return
         try:
-            compile_model(folder, model_file, **options)
-        except HandlerError as exc:
+            if kind == "compile":
+                folder, model_file, options = job
+                compile_model(folder, model_file, **options)
+            else:
+                _unpack(conn, *job)
+        except (HandlerError, SourceError) as exc:
             conn.send(exc)
+        except OSError as exc:  # our disk's (unpack maps the artifact's own errors): the server's trouble
+            conn.send(OSError(exc.errno, exc.strerror))
         except Exception as exc:  # a bug of ours: said as the server's trouble, the process lives on
-            failure = f"compiling {Path(model_file).name} failed: {type(exc).__name__}: {exc}"
+            failure = f"{kind} of {Path(job[0]).name} failed: {type(exc).__name__}: {exc}"
             conn.send(CompilerCrashed(failure))
         else:
             conn.send(None)
+
+
+class _Sized:
+    """An unpack's question to the server: room for this many unpacked bytes? (answered True or False)"""
+
+    def __init__(self, unpacked_bytes: int) -> None:
+        self.unpacked_bytes = unpacked_bytes
+
+
+class _Refused(Exception):
+    """The server had no room for the unpack: it raises its own error, this only stops the work here."""
+
+
+def _unpack(conn: Connection, archive: Path, dest: Path, limits: UnpackLimits, staging: Path) -> None:
+    def ask(unpacked_bytes: int) -> None:
+        conn.send(_Sized(unpacked_bytes))
+        if not conn.recv():
+            raise _Refused
+
+    with contextlib.suppress(_Refused):  # the server raises its own reason, having said no
+        unpack(archive, dest, limits, ask, staging)
+
+
+def _remove_folders(*folders: Path) -> None:
+    """What a killed unpack may have left: its staging folder, or its finished folder not yet handed over."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)

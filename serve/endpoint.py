@@ -144,11 +144,15 @@ def make_endpoint(
         return LocalEndpoint(config, cache, pool, source, disk, peers.compile)
     assert cache_dir is not None
     source = _source(config)
-    disk = make_disk(config, cache_dir, source)
-    return LocalEndpoint(config, cache, pool, source, disk, Compiler.of(config))
+    compiler = Compiler.of(config)
+    disk = make_disk(config, cache_dir, compiler, source)
+    return LocalEndpoint(config, cache, pool, source, disk, compiler)
 
 
-def make_disk(config: ServerConfig, cache_dir: Path, source: ModelSource | None = None) -> DiskCache:
+def make_disk(
+    config: ServerConfig, cache_dir: Path, compiler: Compiler, source: ModelSource | None = None
+) -> DiskCache:
+    """The disk cache of a server (or of the hub of its workers), unpacking in `compiler`'s processes."""
     return DiskCache(
         cache_dir,
         config.disk_budget,
@@ -156,6 +160,7 @@ def make_disk(config: ServerConfig, cache_dir: Path, source: ModelSource | None 
         max_unpacked_bytes=config.max_unpacked,
         max_members=config.max_members,
         unpack_timeout=config.load_timeout,
+        unpacker=compiler.unpack,
     )
 
 

@@ -66,12 +66,13 @@ def _make_hub(config: ServerConfig) -> Hub:
     current = functools.partial(
         compiled.is_current, allow_pickle=config.allow_pickle, limits=config.model_limits
     )
+    compiler = Compiler.of(config)
     return Hub(
         budget=config.memory_budget,
         max_models=config.max_models,
         eviction=config.eviction,
-        disk=make_disk(config, config.cache_dir) if config.models else None,
-        compiler=Compiler.of(config),
+        disk=make_disk(config, config.cache_dir, compiler) if config.models else None,
+        compiler=compiler,
         compiled=current,
     )
 

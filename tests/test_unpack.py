@@ -5,14 +5,18 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import signal
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from handler.forest import ModelLimits
+from serve import compiler as compiler_module
+from serve.compiler import Compiler
 from serve.diskcache import MARKER, DiskCache
-from serve.source import BadArtifact, FolderSource
-from serve.unpack import open_archive
+from serve.source import BadArtifact, FolderSource, SourceUnavailable
+from serve.unpack import open_archive, unpack
 
 MODEL = b"model bytes " * 100
 
@@ -74,14 +78,30 @@ HOSTILE = {
 }
 
 
+@pytest.fixture(scope="module")
+def compiler():
+    """One compiler process, as a server's disk cache unpacks in."""
+    compiler = Compiler(allow_pickle=False, limits=ModelLimits(), deadline=60, max_processes=1, warm=1)
+    yield compiler
+    compiler.close()
+
+
+@pytest.fixture(params=["here", "compiler"])
+def unpacker(request):
+    """Both ways a disk cache unpacks: in this process, or in a compiler process (the server's)."""
+    return unpack if request.param == "here" else request.getfixturevalue("compiler").unpack
+
+
 @pytest.mark.parametrize("case", HOSTILE)
-def test_hostile_artifact_is_refused_and_leaves_nothing(tmp_path: Path, case: str) -> None:
+def test_hostile_artifact_is_refused_and_leaves_nothing(tmp_path: Path, case: str, unpacker) -> None:
     payload, problem = HOSTILE[case]
     models = tmp_path / "models"
     models.mkdir()
     (models / "bad.tar.gz").write_bytes(payload)
     root = tmp_path / "cache"
-    cache = DiskCache(root, 1 << 20, FolderSource(models), max_unpacked_bytes=4096, max_members=5)
+    cache = DiskCache(
+        root, 1 << 20, FolderSource(models), max_unpacked_bytes=4096, max_members=5, unpacker=unpacker
+    )
 
     with pytest.raises(BadArtifact) as caught:
         cache.materialize("bad.tar.gz")
@@ -159,3 +179,90 @@ def test_unpacking_stops_at_its_deadline_and_leaves_nothing(tmp_path: Path) -> N
             checked.extract_to(dest)
     assert "longer than the 0.05 s a load may take (--load-timeout)" in str(caught.value)
     assert sorted(os.listdir(tmp_path)) == ["zeros.tar.gz"]
+
+
+def _one_model_source(tmp_path: Path) -> FolderSource:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.tar.gz").write_bytes(tar_bytes(good()))
+    return FolderSource(models)
+
+
+def test_a_compiler_process_unpacks_what_the_disk_cache_counts(tmp_path: Path, compiler) -> None:
+    root = tmp_path / "cache"
+    cache = DiskCache(root, 1 << 20, _one_model_source(tmp_path), unpacker=compiler.unpack)
+    folder, _ = cache.materialize("m.tar.gz")
+    assert (folder / "xgboost-model").read_bytes() == MODEL
+    assert cache.used_bytes() == len(MODEL)
+    assert sorted(os.listdir(root)) == sorted([MARKER, folder.name])  # no staging folder, no download
+
+
+def test_no_room_on_disk_stops_the_unpack_in_the_compiler_before_it_writes(tmp_path: Path, compiler) -> None:
+    root = tmp_path / "cache"
+    download = len(tar_bytes(good()))
+    cache = DiskCache(root, download + 100, _one_model_source(tmp_path), unpacker=compiler.unpack)
+    with pytest.raises(BadArtifact, match="more than the disk cache budget"):
+        cache.materialize("m.tar.gz")
+    assert os.listdir(root) == [MARKER]
+    assert cache.used_bytes() == 0
+    cache.budget = 1 << 20  # the same process unpacks the next artifact: it was told to stop, not killed
+    folder, _ = cache.materialize("m.tar.gz")
+    assert (folder / "xgboost-model").read_bytes() == MODEL
+
+
+def _process_of(compiler: Compiler) -> int:
+    [process] = compiler._idle  # the one warm process, idle between jobs
+    return process.process.pid
+
+
+def _on_unpacked_reservation(cache: DiskCache, then) -> None:
+    """Have `then()` run when the unpack asks for room (the disk cache's third reservation: the artifact's
+    size, the download's, then download and unpacked bytes): the process waits for the answer."""
+    real, calls = cache._reserve, []
+
+    def reserve(*args: object) -> int:
+        calls.append(args)
+        if len(calls) == 3:
+            then()
+        return real(*args)
+
+    cache._reserve = reserve
+
+
+def test_an_unpacking_process_that_dies_is_a_503_and_leaves_nothing(tmp_path: Path) -> None:
+    compiler = Compiler(allow_pickle=False, limits=ModelLimits(), deadline=60, max_processes=1, warm=1)
+    try:
+        pid = _process_of(compiler)
+        root = tmp_path / "cache"
+        cache = DiskCache(root, 1 << 20, _one_model_source(tmp_path), unpacker=compiler.unpack)
+        real = cache._reserve
+        # The process dies between its checks and its writes.
+        _on_unpacked_reservation(cache, lambda: os.kill(pid, signal.SIGKILL))
+        with pytest.raises(SourceUnavailable, match="the process unpacking .* died; retry"):
+            cache.materialize("m.tar.gz")
+        assert os.listdir(root) == [MARKER]
+        assert cache.used_bytes() == 0
+        cache._reserve = real
+        folder, _ = cache.materialize("m.tar.gz")  # a new process takes its place
+        assert (folder / "xgboost-model").read_bytes() == MODEL
+    finally:
+        compiler.close()
+
+
+def test_an_unpack_stuck_past_its_deadline_is_killed_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(compiler_module, "UNPACK_GRACE_S", 0.2)
+    compiler = Compiler(allow_pickle=False, limits=ModelLimits(), deadline=60, max_processes=1, warm=1)
+    try:
+        pid = _process_of(compiler)
+        root = tmp_path / "cache"
+        source = _one_model_source(tmp_path)
+        cache = DiskCache(root, 1 << 20, source, unpack_timeout=0.3, unpacker=compiler.unpack)
+        _on_unpacked_reservation(cache, lambda: os.kill(pid, signal.SIGSTOP))  # it never answers again
+        with pytest.raises(BadArtifact, match="unpacking took longer than the 0.3 s"):
+            cache.materialize("m.tar.gz")
+        assert os.listdir(root) == [MARKER]
+        assert cache.used_bytes() == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # killed and reaped, not left stopped
+    finally:
+        compiler.close()
