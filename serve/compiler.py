@@ -38,8 +38,8 @@ from handler.errors import HandlerError, ModelLoadError
 from handler.forest import ModelLimits
 from handler.model import compile_model
 from serve.config import ServerConfig
-from serve.source import BadArtifact, SourceError, SourceUnavailable
-from serve.unpack import STAGING_PREFIX, UnpackLimits, unpack
+from serve.source import SourceError, SourceUnavailable
+from serve.unpack import STAGING_PREFIX, UnpackLimits, too_slow, unpack
 
 # The lowest CPU priority: where cores are few, the scheduler runs the serving process first and
 # compiles in the time it leaves, so hits do not queue behind loads for the CPU either.
@@ -184,9 +184,7 @@ class Compiler:
         except TimeoutError:
             self._discard(process)
             _remove_folders(staging, dest)
-            raise BadArtifact(
-                f"unpacking took longer than the {limits.timeout:g} s a load may take (--load-timeout)"
-            ) from None
+            raise too_slow(limits.timeout) from None
         except (EOFError, OSError):
             self._discard(process)
             _remove_folders(staging, dest)

@@ -145,9 +145,12 @@ class _Deadline:
 
     def check(self) -> None:
         if time.monotonic() > self._at:
-            raise BadArtifact(
-                f"unpacking took longer than the {self.seconds:g} s a load may take (--load-timeout)"
-            )
+            raise too_slow(self.seconds)
+
+
+def too_slow(seconds: float) -> BadArtifact:
+    """What an unpack that outlasted its deadline says, wherever it ran."""
+    return BadArtifact(f"unpacking took longer than the {seconds:g} s a load may take (--load-timeout)")
 
 
 @contextmanager
