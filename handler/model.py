@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +229,12 @@ class _DefaultOutput:
 
 
 def load_compiled(
-    model_dir: Path, *, allow_pickle: bool, limits: ModelLimits, ensemble: bool
+    model_dir: Path,
+    *,
+    allow_pickle: bool,
+    limits: ModelLimits,
+    ensemble: bool,
+    names: Sequence[str] | None = None,
 ) -> LoadedModel | None:
     """load_model(model_dir, persist=True) when that is only a read of the folder's current compiled form
     of a walked model: a file mapped and hashed, no XGBoost, no compiling, no user code, so cheap enough
@@ -238,9 +243,11 @@ def load_compiled(
 
     For folders that nothing changes once unpacked, the local endpoint's disk cache: one listing says
     the folder holds one model file and neither code/ nor an inference_output file, which a full load
-    would read (every re-miss costs those few lookups less)."""
+    would read (every re-miss costs those few lookups less). `names` is that listing when the caller
+    remembers it (reading the directory was a third of the re-miss in a W5 profile); read otherwise."""
     try:
-        names = os.listdir(model_dir)
+        if names is None:
+            names = os.listdir(model_dir)
         chosen = defaults.find_artifacts(names, model_dir.name, ensemble=ensemble)
     except (OSError, ModelLoadError):
         return None

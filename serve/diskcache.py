@@ -8,8 +8,10 @@ at a time; different names proceed in parallel.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -43,6 +45,9 @@ class _Entry:
     folder: str  # under the cache's root
     version: Version
     size: int
+    # The folder's listing as unpacked (interned names: one string for thousands of "xgboost-model"s), so a
+    # re-miss reads no directory: nothing but the model's compiled form is ever added to the folder.
+    names: tuple[str, ...]
 
 
 class DiskCache:
@@ -112,9 +117,10 @@ class DiskCache:
         finally:
             self.unpin(name)
 
-    def pin_if_current(self, name: str) -> tuple[Path, Version] | None:
-        """The folder of `name`, pinned as use() pins it (unpin() when done), if it is on disk, current,
-        and no thread is working on the name; None otherwise, or when that cannot be known at once.
+    def pin_if_current(self, name: str) -> tuple[Path, Version, tuple[str, ...] | None] | None:
+        """The folder of `name` (with its version and listing), pinned as use() pins it (unpin() when
+        done), if it is on disk, current, and no thread is working on the name; None otherwise, or when
+        that cannot be known at once.
 
         Never blocks, so the event loop may call it: a source whose version check is a request (S3)
         answers None, as does a lock some thread holds (use() on a thread then does the whole job)."""
@@ -132,7 +138,7 @@ class DiskCache:
                 return None
             self._entries.move_to_end(name)
             self._pins[name] = self._pins.get(name, 0) + 1
-            return self.root / entry.folder, entry.version
+            return self.root / entry.folder, entry.version, entry.names
         finally:
             self._lock.release()
 
@@ -195,9 +201,10 @@ class DiskCache:
             # OSError from here on is our disk's: unpacking maps the artifact's own errors to BadArtifact.
             self._unpack(download, dest, self._limits, reserve)
             download.unlink()
+            names = tuple(sys.intern(member) for member in os.listdir(dest))
             with self._lock:
                 self._drop(name)
-                self._entries[name] = _Entry(dest.name, version, unpacked)
+                self._entries[name] = _Entry(dest.name, version, unpacked, names)
                 # The entry's bytes move from the reservation into the entry; the download is gone.
                 self._bytes += unpacked - held
                 held = 0

@@ -115,10 +115,10 @@ class LocalEndpoint:
             pinned = self.disk.pin_if_current(name)
             if pinned is None:
                 return None
-            folder, version = pinned
+            folder, version, names = pinned
             try:
                 model = load_compiled(folder, allow_pickle=config.allow_pickle, limits=config.model_limits,
-                                      ensemble=config.ensemble)  # fmt: skip
+                                      ensemble=config.ensemble, names=names)  # fmt: skip
             finally:
                 self.disk.unpin(name)
             return None if model is None else Loaded(model, model.size_bytes, version, fetch_seconds=0.0)

@@ -128,7 +128,7 @@ class RemoteDisk:
             if len(self._known) > KNOWN_FOLDERS:
                 self._known.popitem(last=False)
 
-    def pin_if_current(self, name: str) -> tuple[Path, Version] | None:
+    def pin_if_current(self, name: str) -> tuple[Path, Version, tuple[str, ...] | None] | None:
         known = self._known.get(name)
         if known is None or not self._source.local:
             return None
@@ -139,7 +139,7 @@ class RemoteDisk:
         if current != known[1]:
             return None
         self._peers.touched.add(name)
-        return Path(known[0]), known[1]
+        return Path(known[0]), known[1], None  # the hub's listing stays with the hub: the loader reads it
 
     def unpin(self, name: str) -> None:
         """Nothing to give back: pin_if_current's reads hold no pin (use() gives its own back)."""

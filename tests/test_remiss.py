@@ -83,6 +83,16 @@ def test_no_quick_load_of_user_code_output_keys_or_a_model_xgboost_serves(tmp_pa
     assert load_compiled(plain, **OPTIONS) is None  # its Booster is loaded on a thread
 
 
+def test_a_remembered_listing_is_what_a_quick_load_goes_by(tmp_path, booster):
+    folder = folder_of(tmp_path, booster)
+    load_model(folder, persist=True)
+    listing = ["xgboost-model.ubj", compiled.FILE_NAME]
+    assert load_compiled(folder, **OPTIONS, names=listing) is not None
+    # The caller's listing, not a directory read: one that names code/ is a load thread's job.
+    assert load_compiled(folder, **OPTIONS, names=[*listing, "code"]) is None
+    assert load_compiled(folder, **OPTIONS, names=[compiled.FILE_NAME]) is None
+
+
 def test_the_disk_cache_pins_only_a_current_folder(tmp_path, artifact_bytes):
     source = tmp_path / "source"
     source.mkdir()
@@ -92,7 +102,7 @@ def test_the_disk_cache_pins_only_a_current_folder(tmp_path, artifact_bytes):
     assert disk.pin_if_current("m.tar.gz") is None  # not on disk yet
     assert disk.pin_if_current("missing.tar.gz") is None
     folder, version = disk.materialize("m.tar.gz")
-    assert disk.pin_if_current("m.tar.gz") == (folder, version)
+    assert disk.pin_if_current("m.tar.gz") == (folder, version, tuple(os.listdir(folder)))
     disk.unpin("m.tar.gz")
     artifact.write_bytes(artifact_bytes(1))
     mtime = artifact.stat().st_mtime_ns + 10**9  # another version, however coarse the clock
